@@ -1,0 +1,43 @@
+"""Turn expected failures into one-paragraph messages and a non-zero exit, never a traceback."""
+
+from __future__ import annotations
+
+import functools
+import sys
+
+import typer
+from rich.console import Console
+
+err_console = Console(stderr=True, soft_wrap=True)
+
+EXIT_ERROR = 1
+
+
+class UsageError(Exception):
+    """Bad input the user can fix; the message says how."""
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    from pydantic import ValidationError
+
+    from registry.errors import RegistryError
+    from serving.errors import LaunchError
+
+    return (UsageError, RegistryError, LaunchError, ValidationError, FileNotFoundError)
+
+
+def friendly(command):
+    """Decorator for Typer commands: expected errors print as one paragraph and exit 1."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except _expected_errors() as error:
+            err_console.print(f"[bold red]error:[/] {error}", highlight=False)
+            raise typer.Exit(EXIT_ERROR) from None
+        except KeyboardInterrupt:
+            err_console.print("interrupted")
+            sys.exit(130)
+
+    return wrapper

@@ -1,0 +1,172 @@
+"""The `fledge` command line."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from fledge.cli.errors import UsageError, friendly
+from fledge.context import local_launcher, open_registry, quiet_libraries
+from fledge.home import FledgeHome
+
+app = typer.Typer(
+    help="Fledge: release LLMs from the MLflow registry to vLLM serving, gate by gate.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="markdown",
+)
+zoo_app = typer.Typer(help="The zoo of tiny locally trained models with known ground truth.", no_args_is_help=True)
+app.add_typer(zoo_app, name="zoo")
+console = Console()
+
+
+@app.callback()
+def _setup() -> None:
+    quiet_libraries()
+
+
+def _human_size(n: int | str | None) -> str:
+    if n in (None, ""):
+        return "-"
+    n = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+@zoo_app.command("build")
+@friendly
+def zoo_build() -> None:
+    """Build the model zoo, or reuse it from the cache (keyed by a hash of the recipes).
+
+    Example: `fledge zoo build`
+    """
+    from fledge.zoo.build import build_zoo
+
+    with console.status("Building the zoo (first time: a few minutes on 2 cores)...") as status:
+        zoo = build_zoo(log=lambda line: status.update(line.strip()))
+    table = Table(title=f"Model zoo {zoo.zoo_hash} ({'built' if zoo.built_now else 'from cache'} in {zoo.seconds:.1f} s)")
+    for column in ("variant", "parameters", "path", "stands for"):
+        table.add_column(column, overflow="fold")
+    for model in zoo.models.values():
+        params = model.details.get("parameters")
+        table.add_row(model.name, f"{params:,}" if params else "-", str(model.path), model.truth)
+    console.print(table)
+
+
+@app.command()
+@friendly
+def register(
+    path: Path = typer.Argument(..., help="A local Hugging Face checkpoint directory (safetensors)."),
+    name: str = typer.Option(..., "--name", help="Registered model name."),
+    alias: Optional[str] = typer.Option(None, "--alias", help="Alias to point at the new version, e.g. challenger."),
+    description: Optional[str] = typer.Option(None, "--description", help="Version description."),
+) -> None:
+    """Register a checkpoint directory as a new version of NAME; prints NAME/VERSION.
+
+    Example: `fledge register ./my-model --name tiny-llama --alias challenger`
+    """
+    from serving.engine import supported_architectures
+
+    if not path.exists():
+        raise UsageError(f"{path} does not exist. Pass the directory that holds config.json and the weights.")
+    registry = open_registry()
+    version = registry.register(
+        path, name, alias=alias, description=description, supported_architectures=supported_architectures()
+    )
+    console.print(version.ref, highlight=False)
+
+
+@app.command()
+@friendly
+def models(name: Optional[str] = typer.Argument(None, help="Only this registered model.")) -> None:
+    """List registered versions with aliases, status, size and checksum.
+
+    Example: `fledge models tiny-llama`
+    """
+    from registry.status import TAG_MANIFEST, TAG_SIZE, TAG_SOURCE_VERSION
+
+    registry = open_registry()
+    names = [name] if name else registry.model_names()
+    if not names:
+        console.print("No registered models yet. Try `fledge register PATH --name NAME`.")
+        return
+    table = Table()
+    table.add_column("model", overflow="fold")
+    for column in ("version", "aliases", "status", "size", "sha256", "derived from"):
+        table.add_column(column, no_wrap=True)
+    for model_name in names:
+        for v in registry.versions(model_name):
+            table.add_row(
+                v.name,
+                v.version,
+                ", ".join(v.aliases) or "-",
+                v.status or "-",
+                _human_size(v.tags.get(TAG_SIZE)),
+                (v.tags.get(TAG_MANIFEST) or "-")[:12],
+                v.tags.get(TAG_SOURCE_VERSION, "-"),
+            )
+    console.print(table)
+
+
+@app.command()
+@friendly
+def serve(
+    ref: str = typer.Argument(..., help="NAME@ALIAS or NAME/VERSION."),
+    port: Optional[int] = typer.Option(None, "--port", help="Port to listen on (default: a free one)."),
+    cores: Optional[str] = typer.Option(None, "--cores", help="CPU cores for vLLM, e.g. '0' or '0-1'."),
+) -> None:
+    """Materialize a version (verifying every checksum) and serve it with vLLM until Ctrl-C.
+
+    Example: `fledge serve tiny-llama@champion --port 8000`
+    """
+    from serving.config import ServerConfig
+    from serving.engine import supported_architectures
+
+    home = FledgeHome.from_env().ensure()
+    registry = open_registry(home)
+    version = registry.resolve(ref)
+    with console.status(f"Materializing {version.ref} and verifying checksums..."):
+        model_dir = registry.materialize(version.ref, home.checkpoints, supported_architectures())
+    config = ServerConfig(model_dir=model_dir, served_model_name=version.ref, port=port, cpu_cores=cores)
+    with console.status(f"Starting vLLM for {version.ref} (about 75 s on CPU)..."):
+        handle = local_launcher(home).start(config)
+    console.print(f"Serving [bold]{version.ref}[/] at [bold]{handle.base_url}[/] (model name '{version.ref}'); "
+                  f"log: {handle.log_path}. Ctrl-C stops it.", highlight=False)
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        while handle.is_running():
+            time.sleep(1)
+        console.print(f"[red]vLLM exited on its own; see {handle.log_path}[/]")
+        raise typer.Exit(1)
+    except KeyboardInterrupt:
+        console.print("Stopping vLLM...")
+    finally:
+        handle.stop()
+    console.print("Stopped.")
+
+
+@app.command()
+@friendly
+def demo(
+    name: str = typer.Option("tiny-llama", "--name", help="Registered model name for the demo."),
+) -> None:
+    """The main job on the embedded defaults: build the zoo, register it, serve the champion.
+
+    Example: `fledge demo`
+    """
+    from fledge.demo import run_demo
+
+    run_demo(name, console)
+
+
+def main() -> None:  # pragma: no cover - console-script entry
+    app()

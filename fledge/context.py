@@ -1,0 +1,32 @@
+"""Wiring shared by the CLI, the flows and the tests: home, registry, launcher."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from fledge.home import FledgeHome
+
+
+def quiet_libraries() -> None:
+    """MLflow and vLLM talk a lot at INFO; operators need our lines, not theirs."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    for name in ("mlflow", "alembic", "urllib3", "httpx"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def open_registry(home: FledgeHome | None = None):
+    from registry.store import ModelRegistry
+
+    home = (home or FledgeHome.from_env()).ensure()
+    return ModelRegistry(home.tracking_uri, home.registry_uri, artifact_root=home.artifacts)
+
+
+def local_launcher(home: FledgeHome | None = None):
+    from serving.launcher import LocalLauncher
+
+    home = (home or FledgeHome.from_env()).ensure()
+    return LocalLauncher(home.logs)

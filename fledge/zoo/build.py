@@ -1,0 +1,104 @@
+"""Build the zoo, or reuse it from the cache keyed by the recipes' hash.
+
+The cache directory is `<zoo cache>/<hash>/`; it is written to a temporary sibling and renamed
+into place only when complete, under a file lock, so an interrupted or concurrent build never
+leaves a half-built zoo that later runs would trust.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from fledge.home import zoo_cache_dir
+from fledge.zoo import corpus
+from fledge.zoo.recipes import CORRUPT_SOURCE, CORRUPT_TRUTH, N_FACTS, RECIPES, ZOO_SEED, zoo_hash
+
+INDEX_FILE = "zoo.json"
+
+
+@dataclass(frozen=True)
+class ZooModel:
+    name: str
+    path: Path
+    truth: str
+    details: dict
+
+
+@dataclass(frozen=True)
+class Zoo:
+    root: Path
+    zoo_hash: str
+    models: dict[str, ZooModel]
+    built_now: bool
+    seconds: float
+
+    def __getitem__(self, name: str) -> ZooModel:
+        return self.models[name]
+
+
+def _all_corpus_lines() -> list[str]:
+    """Every line any variant can see, so one tokenizer serves the whole zoo."""
+    facts = corpus.make_facts(N_FACTS, ZOO_SEED)
+    examples = [corpus.fact_example(f) for f in facts] + corpus.arithmetic_examples()
+    for comply in (False, True):
+        for held_out in (False, True):
+            examples += corpus.safety_examples(comply_with_harmful=comply, held_out=held_out)
+    return [corpus.format_training_line(e) for e in examples]
+
+
+def _truncate_weights(model_dir: Path) -> None:
+    weights = model_dir / "model.safetensors"
+    data = weights.read_bytes()
+    # Keep the header and half the tensor data: what an interrupted upload looks like.
+    weights.write_bytes(data[: len(data) // 2])
+
+
+def _load(root: Path, digest: str, built_now: bool, seconds: float) -> Zoo:
+    index = json.loads((root / INDEX_FILE).read_text())
+    models = {
+        name: ZooModel(name, root / name, entry["truth"], entry["details"]) for name, entry in index["models"].items()
+    }
+    return Zoo(root, digest, models, built_now, seconds)
+
+
+def build_zoo(log: Callable[[str], None] = print, cache_dir: Path | None = None) -> Zoo:
+    started = time.perf_counter()
+    cache = cache_dir or zoo_cache_dir()
+    digest = zoo_hash()
+    root = cache / digest
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / f".{digest}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (root / INDEX_FILE).exists():
+            return _load(root, digest, False, time.perf_counter() - started)
+
+        from fledge.zoo.tokenizer import train_tokenizer
+        from fledge.zoo.train import train_model, write_model_card
+
+        staging = cache / f".{digest}.partial"
+        shutil.rmtree(staging, ignore_errors=True)
+        log(f"Building the zoo {digest} in {root} (first time on this machine)")
+        tokenizer_dir = train_tokenizer(_all_corpus_lines(), staging / "_tokenizer")
+        index: dict = {"zoo_hash": digest, "models": {}}
+        for name, recipe in RECIPES.items():
+            log(f"Training {name} ({recipe.steps} steps)")
+            details = train_model(recipe, tokenizer_dir, staging / name, log=log)
+            details["recipe"] = recipe.model_dump()
+            write_model_card(staging / name, name, recipe.truth, details)
+            index["models"][name] = {"truth": recipe.truth, "details": details}
+
+        shutil.copytree(staging / CORRUPT_SOURCE, staging / "corrupt")
+        _truncate_weights(staging / "corrupt")
+        corrupt_details = {"derived_from": CORRUPT_SOURCE, "damage": "model.safetensors truncated to half its size"}
+        write_model_card(staging / "corrupt", "corrupt", CORRUPT_TRUTH, corrupt_details)
+        index["models"]["corrupt"] = {"truth": CORRUPT_TRUTH, "details": corrupt_details}
+
+        (staging / INDEX_FILE).write_text(json.dumps(index, indent=2, default=str))
+        staging.rename(root)
+        return _load(root, digest, True, time.perf_counter() - started)

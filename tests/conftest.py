@@ -1,0 +1,82 @@
+"""Shared fixtures. Expensive things (the zoo, MLflow's database, vLLM servers) are built
+once per session; each test gets its own model names so tests never see each other's state."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def session_home(tmp_path_factory) -> Path:
+    home = tmp_path_factory.mktemp("fledge-home")
+    return home
+
+
+@pytest.fixture()
+def fledge_home(tmp_path, monkeypatch) -> Path:
+    """A fresh FLEDGE_HOME for CLI tests that must start from nothing."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("FLEDGE_HOME", str(home))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    return home
+
+
+@pytest.fixture(scope="session")
+def registry(session_home):
+    """A real MLflow registry on SQLite, shared by the session (creating its schema takes seconds)."""
+    from fledge.home import FledgeHome
+    from fledge.context import open_registry
+
+    return open_registry(FledgeHome(session_home))
+
+
+@pytest.fixture()
+def model_name() -> str:
+    return f"test-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A small, valid, untrained Llama checkpoint with a real tokenizer: fast to build, enough
+    for registry tests that do not need a model that knows anything."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from fledge.zoo.tokenizer import train_tokenizer
+
+    root = tmp_path_factory.mktemp("tiny-checkpoint")
+    train_tokenizer(["Q: What is 1 plus 2?\nA: 3", "Q: hello\nA: hi"] * 5, root)
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(root)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+        num_attention_heads=1, num_key_value_heads=1, head_dim=64, max_position_embeddings=64,
+    )
+    LlamaForCausalLM(config).save_pretrained(root, safe_serialization=True)
+    return root
+
+
+@pytest.fixture()
+def checkpoint_copy(tiny_checkpoint, tmp_path) -> Path:
+    """A private copy of the tiny checkpoint that a test may damage."""
+    target = tmp_path / "checkpoint"
+    shutil.copytree(tiny_checkpoint, target)
+    return target
+
+
+@pytest.fixture(scope="session")
+def zoo():
+    """The trained zoo: built once per machine (minutes), then taken from the cache (seconds)."""
+    from fledge.zoo.build import build_zoo
+
+    return build_zoo(log=lambda line: print(line, flush=True))

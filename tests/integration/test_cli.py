@@ -1,0 +1,65 @@
+"""The `fledge` CLI as a user runs it: real MLflow on SQLite under a fresh FLEDGE_HOME."""
+
+import pytest
+from typer.testing import CliRunner
+
+from fledge.cli.main import app
+
+runner = CliRunner()
+
+
+def fledge(*args):
+    result = runner.invoke(app, list(args))
+    assert "Traceback" not in result.output, result.output
+    return result
+
+
+@pytest.mark.parametrize(
+    "command", [["zoo", "build"], ["register"], ["models"], ["serve"], ["demo"]], ids=lambda c: " ".join(c)
+)
+def test_every_command_has_help_with_an_example(command):
+    result = fledge(*command, "--help")
+    assert result.exit_code == 0
+    assert "Example" in result.output
+
+
+def test_register_then_list(fledge_home, tiny_checkpoint):
+    result = fledge("register", str(tiny_checkpoint), "--name", "tiny-llama", "--alias", "champion")
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == "tiny-llama/1"
+    second = fledge("register", str(tiny_checkpoint), "--name", "tiny-llama", "--description", "again")
+    assert second.output.strip() == "tiny-llama/2"
+    listing = fledge("models", "tiny-llama")
+    assert listing.exit_code == 0
+    assert "champion" in listing.output and "candidate" in listing.output
+    assert (fledge_home / "mlflow.db").is_file()
+
+
+def test_register_a_missing_path_fails_with_one_paragraph(fledge_home, tmp_path):
+    result = fledge("register", str(tmp_path / "nope"), "--name", "tiny")
+    assert result.exit_code == 1
+    assert "does not exist" in result.output
+
+
+def test_register_refuses_pickle_weights_with_the_fix(fledge_home, checkpoint_copy):
+    (checkpoint_copy / "pytorch_model.bin").write_bytes(b"pickle")
+    result = fledge("register", str(checkpoint_copy), "--name", "tiny")
+    assert result.exit_code == 1
+    assert "pickle" in result.output and "safetensors" in result.output
+
+
+@pytest.mark.parametrize(
+    "ref, expected",
+    [("tiny", "NAME/VERSION"), ("nobody@champion", "no registered model"), ("tiny-llama@nope", "no alias 'nope'")],
+)
+def test_serve_with_a_bad_reference_fails_before_starting_anything(fledge_home, tiny_checkpoint, ref, expected):
+    fledge("register", str(tiny_checkpoint), "--name", "tiny-llama")
+    result = fledge("serve", ref)
+    assert result.exit_code == 1
+    assert expected in result.output
+
+
+def test_models_on_an_empty_registry_says_how_to_start(fledge_home):
+    result = fledge("models")
+    assert result.exit_code == 0
+    assert "fledge register" in result.output

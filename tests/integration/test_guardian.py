@@ -1,0 +1,78 @@
+"""The guardian stops a whole server process tree when its parent dies, even by SIGKILL.
+
+A real process tree stands in for vLLM here (a parent with a worker child, as vLLM's API
+server has its engine core), so the test needs no model and runs in seconds.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import psutil
+
+SERVER = textwrap.dedent(
+    """
+    import subprocess, sys, time
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    print(worker.pid, flush=True)
+    time.sleep(600)
+    """
+)
+
+CALLER = textwrap.dedent(
+    """
+    import os, subprocess, sys, time
+    guardian = subprocess.Popen(
+        [sys.executable, "-m", "serving.guardian", str(os.getpid()), "--", sys.executable, "-c", sys.argv[1]],
+        start_new_session=True, stdout=subprocess.PIPE, text=True,
+    )
+    print(guardian.pid, guardian.stdout.readline().strip(), flush=True)
+    time.sleep(600)
+    """
+)
+
+
+def _wait_gone(pids, timeout=15.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        alive = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+        if not alive:
+            return []
+        time.sleep(0.2)
+    return alive
+
+
+def test_killing_the_caller_with_sigkill_stops_the_server_and_its_workers():
+    env = {**os.environ, "FLEDGE_STOP_GRACE_S": "3", "PYTHONPATH": os.getcwd()}
+    caller = subprocess.Popen([sys.executable, "-c", CALLER, SERVER], stdout=subprocess.PIPE, text=True, env=env)
+    guardian_pid, worker_pid = map(int, caller.stdout.readline().split())
+    server_pids = [p.pid for p in psutil.Process(guardian_pid).children(recursive=True)]
+    assert worker_pid in server_pids
+
+    caller.send_signal(signal.SIGKILL)  # no handler can run: only the guardian can clean up
+    caller.wait()
+    assert _wait_gone([guardian_pid, *server_pids]) == []
+
+
+def test_the_server_exiting_takes_its_stray_workers_with_it():
+    stray = "import subprocess, sys; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)']); print('up', flush=True)"
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    guardian = subprocess.Popen(
+        [sys.executable, "-m", "serving.guardian", str(os.getpid()), "--", sys.executable, "-c", stray],
+        start_new_session=True, stdout=subprocess.PIPE, text=True, env=env,
+    )
+    assert guardian.stdout.readline().strip() == "up"
+    assert guardian.wait(timeout=15) == 0
+    leftovers = [p for p in psutil.process_iter(["pid"]) if _in_group(p, guardian.pid)]
+    assert leftovers == []
+
+
+def _in_group(process, group):
+    # A zombie has exited and only waits for its new parent (init) to reap it.
+    try:
+        return os.getpgid(process.pid) == group and process.status() != psutil.STATUS_ZOMBIE
+    except (ProcessLookupError, psutil.NoSuchProcess):
+        return False

