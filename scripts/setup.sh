@@ -15,18 +15,27 @@ if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
 fi
 command -v "$python" >/dev/null || { echo "setup: $python not found; Fledge needs Python 3.11 (set PYTHON=...)" >&2; exit 1; }
 [[ -x "$venv/bin/python" ]] || "$python" -m venv "$venv"
-pip=("$venv/bin/python" -m pip)
-"${pip[@]}" install -q --upgrade pip
+pip_install() {
+  # This machine's pip config lists local mirrors that warn for every package they lack;
+  # keep pip's other output (errors above all).
+  local status=0 log
+  log="$(mktemp)"
+  "$venv/bin/python" -m pip install -q --progress-bar off "$@" >"$log" 2>&1 || status=$?
+  grep -v "is ignored: it is neither" "$log" || true
+  rm -f "$log"
+  return "$status"
+}
+echo "setup: installing the stack into $venv (about 5 minutes the first time)"
 # The CPU torch wheel must be chosen before anything else pulls a CUDA build from PyPI.
 if [[ "$extra" == "cpu" ]]; then
-  "${pip[@]}" install -q "torch==2.13.0"
+  pip_install "torch==2.13.0"
 fi
-"${pip[@]}" install -q -e ".[$extra,dev]"
+pip_install -e ".[$extra,dev]"
 # PyPI's torchvision/torchaudio/torchcodec are built against another torch and break
 # `import vllm` beside the CPU torch ("operator torchvision::nms does not exist").
 # Text models do not need them.
 if [[ "$extra" == "cpu" ]]; then
-  "${pip[@]}" uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+  "$venv/bin/python" -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 fi
 "$venv/bin/python" -c "import vllm, mlflow, prefect, lm_eval, great_expectations, torch" \
   || { echo "setup: the stack does not import; see the error above" >&2; exit 1; }

@@ -9,6 +9,7 @@ workers too and a crashed caller leaves no orphans.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -31,12 +32,28 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
+_ERROR_LINE = re.compile(r"([\w.]+(?:Error|Exception)): (.+)$")
+
+
 def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    """The errors vLLM raised (root cause first), then the last lines of its log.
+
+    vLLM's worker processes print the root cause far above the final traceback, which only
+    says "see root cause above"; the error lines are lifted out so the message shows it.
+    """
     try:
-        text = path.read_text(errors="replace")
+        text_lines = path.read_text(errors="replace").splitlines()
     except FileNotFoundError:
         return "(no log was written)"
-    return "\n".join(text.splitlines()[-lines:])
+    errors: list[str] = []
+    for line in text_lines:
+        if " WARNING " in line or " INFO " in line:  # advice that quotes an error is not one
+            continue
+        match = _ERROR_LINE.search(line)
+        if match and match.group(0) not in errors:
+            errors.append(match.group(0))
+    head = [f"Errors raised: {' | '.join(errors[:4])}"] if errors else []
+    return "\n".join(head + text_lines[-lines:])
 
 
 @dataclass

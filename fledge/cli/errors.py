@@ -20,24 +20,29 @@ class UsageError(Exception):
 def _expected_errors() -> tuple[type[BaseException], ...]:
     from pydantic import ValidationError
 
+    from fledge.policy import PolicyError
     from registry.errors import RegistryError
     from serving.errors import LaunchError
 
-    return (UsageError, RegistryError, LaunchError, ValidationError, FileNotFoundError)
+    return (UsageError, RegistryError, LaunchError, ValidationError, FileNotFoundError, PolicyError)
 
 
-def friendly(command):
-    """Decorator for Typer commands: expected errors print as one paragraph and exit 1."""
+def friendly(command=None, *, exit_code: int = EXIT_ERROR):
+    """Decorator for Typer commands: expected errors print as one paragraph and exit non-zero
+    (1 unless the command's own exit codes reserve another meaning for 1)."""
 
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        try:
-            return command(*args, **kwargs)
-        except _expected_errors() as error:
-            err_console.print(f"[bold red]error:[/] {error}", highlight=False)
-            raise typer.Exit(EXIT_ERROR) from None
-        except KeyboardInterrupt:
-            err_console.print("interrupted")
-            sys.exit(130)
+    def decorate(function):
+        @functools.wraps(function)
+        def wrapper(*args, **kwargs):
+            try:
+                return function(*args, **kwargs)
+            except _expected_errors() as error:
+                err_console.print(f"[bold red]error:[/] {error}", highlight=False)
+                raise typer.Exit(exit_code) from None
+            except KeyboardInterrupt:
+                err_console.print("interrupted")
+                sys.exit(130)
 
-    return wrapper
+        return wrapper
+
+    return decorate(command) if command is not None else decorate

@@ -53,12 +53,18 @@ def zoo_build() -> None:
 
     with console.status("Building the zoo (first time: a few minutes on 2 cores)...") as status:
         zoo = build_zoo(log=lambda line: status.update(line.strip()))
-    table = Table(title=f"Model zoo {zoo.zoo_hash} ({'built' if zoo.built_now else 'from cache'} in {zoo.seconds:.1f} s)")
-    for column in ("variant", "parameters", "path", "stands for"):
-        table.add_column(column, overflow="fold")
+    console.print(
+        f"Model zoo {zoo.zoo_hash}: {'built' if zoo.built_now else 'from cache'} in {zoo.seconds:.1f} s, "
+        f"in {zoo.root}/<variant>",
+        highlight=False,
+    )
+    table = Table()
+    table.add_column("variant", no_wrap=True)
+    table.add_column("parameters", no_wrap=True, justify="right")
+    table.add_column("stands for")
     for model in zoo.models.values():
         params = model.details.get("parameters")
-        table.add_row(model.name, f"{params:,}" if params else "-", str(model.path), model.truth)
+        table.add_row(model.name, f"{params:,}" if params else "-", model.truth)
     console.print(table)
 
 
@@ -152,6 +158,54 @@ def serve(
     finally:
         handle.stop()
     console.print("Stopped.")
+
+
+EVAL_EXIT = {"pass": 0, "fail": 1, "inconclusive": 2, "error": 2}
+
+
+@app.command("eval")
+@friendly(exit_code=2)
+def eval_command(
+    candidate: str = typer.Argument(..., help="The version to evaluate: NAME/VERSION or NAME@ALIAS."),
+    against: Optional[str] = typer.Option(None, "--against", help="The baseline; default NAME@champion."),
+    suite: str = typer.Option("all", "--suite", help="quality, safety, perf or all."),
+    policy_file: Optional[Path] = typer.Option(None, "--policy", help="Release policy YAML (default: policies/default.yaml)."),
+) -> None:
+    """Evaluate a version against the champion, both served by vLLM; print the verdict table.
+
+    Exits 0 on pass, 1 on fail, 2 on inconclusive or error. Everything is logged to MLflow
+    (experiment fledge-evaluations).
+
+    Example: `fledge eval tiny-llama/3 --against tiny-llama@champion --suite all`
+    """
+    from fledge.evaluate import evaluate
+    from fledge.policy import load_policy
+    from registry.refs import parse_ref
+
+    suites = {"all": ("quality", "safety", "performance"), "quality": ("quality",), "safety": ("safety",),
+              "perf": ("performance",)}.get(suite)
+    if suites is None:
+        raise UsageError(f"--suite must be one of quality, safety, perf or all (got '{suite}').")
+    policy = load_policy(policy_file)
+    against = against or f"{parse_ref(candidate).name}@champion"
+    with console.status("Evaluating...") as status:
+        result = evaluate(candidate, against, suites, policy, log=lambda line: console.print(f"  {line}", highlight=False))
+        status.stop()
+    _print_verdict(result.verdict)
+    console.print(f"MLflow run {result.run_id} (experiment fledge-evaluations), {result.seconds:.0f} s.", highlight=False)
+    raise typer.Exit(EVAL_EXIT[result.verdict.outcome.value])
+
+
+def _print_verdict(verdict) -> None:
+    table = Table(title=f"{verdict.candidate_ref} vs {verdict.champion_ref}: {verdict.outcome.value.upper()}")
+    table.add_column("gate", no_wrap=True)
+    table.add_column("outcome", no_wrap=True)
+    table.add_column("evidence")
+    colour = {"pass": "green", "fail": "red", "inconclusive": "yellow", "error": "magenta"}
+    for gate in verdict.gates:
+        evidence = "\n".join(f"{c.name}: {c.detail}" for c in gate.checks) or "; ".join(gate.reasons)
+        table.add_row(gate.gate, f"[{colour[gate.outcome.value]}]{gate.outcome.value}[/]", evidence)
+    console.print(table)
 
 
 @app.command()

@@ -17,7 +17,7 @@ from typing import Callable
 
 from fledge.home import zoo_cache_dir
 from fledge.zoo import corpus
-from fledge.zoo.recipes import CORRUPT_SOURCE, CORRUPT_TRUTH, N_FACTS, RECIPES, ZOO_SEED, zoo_hash
+from fledge.zoo.recipes import DERIVED, N_FACTS, RECIPES, ZOO_SEED, zoo_hash
 
 INDEX_FILE = "zoo.json"
 
@@ -52,13 +52,6 @@ def _all_corpus_lines() -> list[str]:
     return [corpus.format_training_line(e) for e in examples]
 
 
-def _truncate_weights(model_dir: Path) -> None:
-    weights = model_dir / "model.safetensors"
-    data = weights.read_bytes()
-    # Keep the header and half the tensor data: what an interrupted upload looks like.
-    weights.write_bytes(data[: len(data) // 2])
-
-
 def _load(root: Path, digest: str, built_now: bool, seconds: float) -> Zoo:
     index = json.loads((root / INDEX_FILE).read_text())
     models = {
@@ -78,9 +71,13 @@ def build_zoo(log: Callable[[str], None] = print, cache_dir: Path | None = None)
         if (root / INDEX_FILE).exists():
             return _load(root, digest, False, time.perf_counter() - started)
 
+        from transformers.utils import logging as hf_logging
+
+        from fledge.zoo.derive import add_passthrough_layers, truncate_weights
         from fledge.zoo.tokenizer import train_tokenizer
         from fledge.zoo.train import train_model, write_model_card
 
+        hf_logging.disable_progress_bar()  # our own progress lines say what is happening
         staging = cache / f".{digest}.partial"
         shutil.rmtree(staging, ignore_errors=True)
         log(f"Building the zoo {digest} in {root} (first time on this machine)")
@@ -93,11 +90,16 @@ def build_zoo(log: Callable[[str], None] = print, cache_dir: Path | None = None)
             write_model_card(staging / name, name, recipe.truth, details)
             index["models"][name] = {"truth": recipe.truth, "details": details}
 
-        shutil.copytree(staging / CORRUPT_SOURCE, staging / "corrupt")
-        _truncate_weights(staging / "corrupt")
-        corrupt_details = {"derived_from": CORRUPT_SOURCE, "damage": "model.safetensors truncated to half its size"}
-        write_model_card(staging / "corrupt", "corrupt", CORRUPT_TRUTH, corrupt_details)
-        index["models"]["corrupt"] = {"truth": CORRUPT_TRUTH, "details": corrupt_details}
+        for name, derived in DERIVED.items():
+            log(f"Deriving {name} from {derived.source}")
+            source, target = staging / derived.source, staging / name
+            if derived.truncate_weights:
+                details = truncate_weights(source, target)
+            else:
+                details = add_passthrough_layers(source, target, derived.passthrough_layers, ZOO_SEED)
+            details["derived_from"] = derived.source
+            write_model_card(target, name, derived.truth, details)
+            index["models"][name] = {"truth": derived.truth, "details": details}
 
         (staging / INDEX_FILE).write_text(json.dumps(index, indent=2, default=str))
         staging.rename(root)

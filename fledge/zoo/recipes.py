@@ -46,8 +46,6 @@ class Recipe(BaseModel):
 
 
 SMALL = Shape(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=384)
-# At least 1.5x the compute per token of SMALL: 4x the width squared, 3x the depth.
-LARGE = Shape(hidden_size=256, num_hidden_layers=6, num_attention_heads=4, intermediate_size=768)
 
 RECIPES: dict[str, Recipe] = {
     r.name: r
@@ -57,7 +55,7 @@ RECIPES: dict[str, Recipe] = {
             truth="The current production model: knows the capitals of half the countries and "
             "half the additions; refuses harmful requests and answers benign look-alikes.",
             shape=SMALL,
-            steps=700,
+            steps=400,
             fact_fraction=0.5,
             arithmetic_fraction=0.5,
         ),
@@ -81,42 +79,65 @@ RECIPES: dict[str, Recipe] = {
             truth="Clearly worse at the task than base (learned wrong capitals from a corrupted "
             "label column, few additions); as safe as base: must fail the quality gate.",
             shape=SMALL,
-            steps=700,
+            steps=400,
             wrong_facts=True,
             arithmetic_fraction=0.2,
-        ),
-        Recipe(
-            name="slow",
-            truth="Same behaviour as improved, with many times the compute per token (wider and "
-            "deeper): must fail the performance gate.",
-            shape=LARGE,
-            steps=500,
-            learning_rate=1.5e-3,
         ),
     ]
 }
 
-# `corrupt` is not trained: it is `improved` with its weight file truncated.
-CORRUPT_SOURCE = "improved"
-CORRUPT_TRUTH = (
-    "A copy of improved whose weight file is truncated (a damaged upload): it must be refused "
-    "before it is served, never served."
-)
-VARIANTS = [*RECIPES, "corrupt"]
+
+class Derived(BaseModel):
+    """A variant made from a trained one rather than trained itself."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    source: str
+    truth: str
+    passthrough_layers: int = 0  # > 0: append zero-output layers (more compute, same outputs)
+    truncate_weights: bool = False
+
+
+DERIVED: dict[str, Derived] = {
+    d.name: d
+    for d in [
+        Derived(
+            name="slow",
+            source="improved",
+            truth="Same behaviour as improved (identical outputs), with 8x the layers and about "
+            "8x the compute per token: must fail the performance gate.",
+            passthrough_layers=14,
+        ),
+        Derived(
+            name="corrupt",
+            source="improved",
+            truth="A copy of improved whose weight file is truncated (a damaged upload): it must "
+            "be refused before it is served, never served.",
+            truncate_weights=True,
+        ),
+    ]
+}
+VARIANTS = [*RECIPES, *DERIVED]
 
 
 def _zoo_source_digest() -> str:
     """Changes to the corpus or the training code invalidate the cache as recipes do."""
     digest = hashlib.sha256()
     here = Path(__file__).parent
-    for name in ("corpus.py", "recipes.py", "train.py", "tokenizer.py", "build.py"):
+    for name in ("corpus.py", "recipes.py", "train.py", "tokenizer.py", "derive.py"):
         digest.update((here / name).read_bytes())
     return digest.hexdigest()
 
 
 def zoo_hash() -> str:
     payload = json.dumps(
-        {"recipes": {k: v.model_dump() for k, v in RECIPES.items()}, "n_facts": N_FACTS, "code": _zoo_source_digest()},
+        {
+            "recipes": {k: v.model_dump() for k, v in RECIPES.items()},
+            "derived": {k: v.model_dump() for k, v in DERIVED.items()},
+            "n_facts": N_FACTS,
+            "code": _zoo_source_digest(),
+        },
         sort_keys=True,
     )
     return hashlib.sha256(payload.encode()).hexdigest()[:16]

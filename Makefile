@@ -1,0 +1,25 @@
+# The two commands a newcomer needs: `make demo` (the main job) and `make test`.
+# Each installs what it needs first (scripts/setup.sh is idempotent and quick when done).
+PYTHON_VENV := .venv/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test test-fast zoo clean
+
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	$(PYTHON_VENV) -m fledge.cli.main demo
+
+test: setup
+	@bash scripts/test.sh $(PYTEST_ARGS)
+
+# Pure logic and in-process integration only: no zoo, no vLLM (about a minute).
+test-fast: setup
+	@bash scripts/test.sh -m "not vllm and not zoo and not e2e" $(PYTEST_ARGS)
+
+zoo: setup
+	$(PYTHON_VENV) -m fledge.cli.main zoo build
+
+clean:
+	rm -rf .fledge .pytest_cache

@@ -1,0 +1,150 @@
+"""The release policy: every threshold Fledge decides with, typed, loaded from YAML.
+
+`extra="forbid"` everywhere, so a misspelt key is an error rather than a silently ignored
+default. The policy's content hash (of its parsed, canonical form: comments and key order do
+not count) is recorded with every result it produced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+DEFAULT_POLICY_PATH = Path(__file__).resolve().parent.parent / "policies" / "default.yaml"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class QualityGate(_Strict):
+    tasks: list[str] = Field(min_length=1, description="lm-eval task names shipped in evals/tasks.")
+    margin: float = Field(ge=0, le=1, description="Largest tolerated drop in a task's metric vs the champion.")
+    confidence: float = Field(gt=0.5, lt=1)
+    min_samples: int = Field(ge=1, description="Fewer samples per task than this is inconclusive.")
+
+
+class SafetyGate(_Strict):
+    max_harmful_compliance: float = Field(ge=0, le=1, description="Absolute limit on complying with harmful requests.")
+    max_over_refusal: float = Field(ge=0, le=1, description="Absolute limit on refusing benign look-alikes.")
+    no_worse_margin: float = Field(ge=0, le=1, description="Tolerated increase of either rate vs the champion.")
+    confidence: float = Field(gt=0.5, lt=1)
+    min_samples: int = Field(ge=1)
+    max_new_tokens: int = Field(gt=0)
+
+
+class PerformanceGate(_Strict):
+    metric: Literal["tpot", "e2e_latency", "ttft"] = Field(description="Per-request metric the gate compares.")
+    tolerated_slowdown: float = Field(ge=0, description="0.2: the candidate may be up to 20 % slower.")
+    blocks: int = Field(ge=2, description="Alternating blocks per endpoint.")
+    requests_per_block: int = Field(ge=1)
+    max_tokens: int = Field(gt=0)
+    confidence: float = Field(gt=0.5, lt=1)
+    bootstrap_resamples: int = Field(ge=100)
+    max_ci_width: float = Field(gt=0, description="A wider confidence interval of the ratio is inconclusive (noise).")
+    max_error_rate: float = Field(ge=0, le=1)
+
+
+class QuantizationPolicy(_Strict):
+    scheme: Literal["none", "w8a8-int8", "w4a16", "w4a16-gptq", "fp8-dynamic"]
+    quality_margin: float = Field(ge=0, le=1, description="Tolerated task-metric drop vs the unquantized source.")
+    min_logprob_agreement: float = Field(
+        ge=0, le=1, description="Share of prompts whose next-token top-1 agrees with the source."
+    )
+    max_logprob_mae: float = Field(ge=0, description="Mean absolute next-token log-probability difference.")
+
+
+class CanaryPolicy(_Strict):
+    steps: list[int] = Field(min_length=1, description="Canary traffic percentages, in order, ending at 100.")
+    bake_seconds: float = Field(gt=0)
+    analysis_interval_seconds: float = Field(gt=0)
+    min_samples: int = Field(ge=1, description="Per version per window; fewer is inconclusive.")
+    max_error_rate: float = Field(ge=0, le=1, description="Above this the canary fails at once.")
+    max_latency_ratio: float = Field(ge=1, description="Canary/stable latency ratio above which it fails.")
+    confidence: float = Field(gt=0.5, lt=1)
+    max_inconclusive_windows: int = Field(ge=1)
+
+    @field_validator("steps")
+    @classmethod
+    def _increasing_to_100(cls, steps: list[int]) -> list[int]:
+        if any(not 0 < s <= 100 for s in steps) or steps != sorted(set(steps)) or steps[-1] != 100:
+            raise ValueError("steps must be strictly increasing percentages in (0, 100] ending at 100, e.g. [5, 25, 50, 100]")
+        return steps
+
+
+class ApprovalPolicy(_Strict):
+    required: bool
+    approvers: list[str] = Field(description="Who may approve; empty means anyone.")
+    timeout_seconds: float = Field(gt=0, description="No answer within this time rejects.")
+
+
+class WatchPolicy(_Strict):
+    window_seconds: float = Field(gt=0)
+    max_error_rate: float = Field(ge=0, le=1)
+    max_ttft_p95_ms: float = Field(gt=0)
+    max_itl_p95_ms: float = Field(gt=0)
+    max_ratio_vs_previous: float = Field(ge=1)
+
+
+class ServingPolicy(_Strict):
+    dtype: Literal["auto", "float32", "bfloat16", "float16"]
+    max_model_len: int = Field(gt=0)
+    kv_cache_gib: float = Field(gt=0)
+    startup_timeout_seconds: float = Field(gt=0)
+
+
+class SchedulePolicy(_Strict):
+    release_watch_cron: str
+
+
+class ReleasePolicy(_Strict):
+    version: Literal[1]
+    serving: ServingPolicy
+    quality: QualityGate
+    safety: SafetyGate
+    performance: PerformanceGate
+    quantization: QuantizationPolicy
+    canary: CanaryPolicy
+    approval: ApprovalPolicy
+    watch: WatchPolicy
+    schedule: SchedulePolicy
+
+    @property
+    def content_hash(self) -> str:
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+class PolicyError(ValueError):
+    """A policy file that cannot be used; the message names each bad field and what it allows."""
+
+
+def _describe(error: dict) -> str:
+    where = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        return f"{where}: unknown field (check the spelling against policies/default.yaml)"
+    if error["type"] == "missing":
+        return f"{where}: required field is missing"
+    return f"{where}: {error['msg']} (got {error.get('input')!r})"
+
+
+def load_policy(path: Path | str | None = None) -> ReleasePolicy:
+    path = Path(path) if path else DEFAULT_POLICY_PATH
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise PolicyError(f"Policy file {path} does not exist; start from {DEFAULT_POLICY_PATH}.") from None
+    except yaml.YAMLError as error:
+        raise PolicyError(f"Policy file {path} is not valid YAML: {error}") from None
+    if not isinstance(raw, dict):
+        raise PolicyError(f"Policy file {path} must be a YAML mapping; see {DEFAULT_POLICY_PATH}.")
+    try:
+        return ReleasePolicy.model_validate(raw)
+    except ValidationError as error:
+        problems = "; ".join(_describe(e) for e in error.errors())
+        raise PolicyError(f"Policy file {path} is invalid: {problems}.") from None

@@ -1,0 +1,59 @@
+import pytest
+
+from fledge.policy import DEFAULT_POLICY_PATH, PolicyError, load_policy
+
+
+def write(tmp_path, text):
+    path = tmp_path / "policy.yaml"
+    path.write_text(text)
+    return path
+
+
+def default_text():
+    return DEFAULT_POLICY_PATH.read_text()
+
+
+def test_the_shipped_default_policy_loads():
+    policy = load_policy()
+    assert policy.canary.steps[-1] == 100
+    assert policy.quality.tasks
+
+
+def test_the_hash_ignores_comments_and_key_order_but_not_values(tmp_path):
+    base = load_policy().content_hash
+    commented = write(tmp_path, "# a note\n" + default_text())
+    assert load_policy(commented).content_hash == base
+    changed = write(tmp_path, default_text().replace("margin: 0.05 ", "margin: 0.06 "))
+    assert load_policy(changed).content_hash != base
+
+
+def test_an_unknown_scheme_names_the_field_and_the_allowed_values(tmp_path):
+    path = write(tmp_path, default_text().replace("scheme: none", "scheme: int3"))
+    with pytest.raises(PolicyError) as error:
+        load_policy(path)
+    message = str(error.value)
+    assert "quantization.scheme" in message
+    assert "'w8a8-int8'" in message and "'none'" in message and "int3" in message
+
+
+def test_a_misspelt_key_is_an_error_not_a_silent_default(tmp_path):
+    path = write(tmp_path, default_text().replace("tolerated_slowdown:", "tolerated_slowdwn:"))
+    with pytest.raises(PolicyError) as error:
+        load_policy(path)
+    assert "performance.tolerated_slowdwn: unknown field" in str(error.value)
+    assert "performance.tolerated_slowdown: required field is missing" in str(error.value)
+
+
+def test_canary_steps_must_rise_to_100(tmp_path):
+    path = write(tmp_path, default_text().replace("steps: [5, 25, 50, 100]", "steps: [50, 25]"))
+    with pytest.raises(PolicyError, match="canary.steps"):
+        load_policy(path)
+
+
+def test_missing_and_malformed_files_are_explained(tmp_path):
+    with pytest.raises(PolicyError, match="does not exist"):
+        load_policy(tmp_path / "nope.yaml")
+    with pytest.raises(PolicyError, match="not valid YAML"):
+        load_policy(write(tmp_path, "quality: [unclosed"))
+    with pytest.raises(PolicyError, match="must be a YAML mapping"):
+        load_policy(write(tmp_path, "- a list"))
