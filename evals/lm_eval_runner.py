@@ -7,6 +7,7 @@ measured is exactly the model as served. Everything runs offline: tasks and data
 
 from __future__ import annotations
 
+import logging
 import os
 from importlib import metadata
 
@@ -14,6 +15,7 @@ from evals.datasets import TASKS_DIR
 from evals.endpoint import Endpoint
 
 OFFLINE = {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+QUIET = {"TQDM_DISABLE": "1"}  # lm-eval's per-request progress bars drown the operator's log
 
 
 def lm_eval_version() -> str:
@@ -23,6 +25,13 @@ def lm_eval_version() -> str:
 def run_tasks(endpoint: Endpoint, tasks: list[str], *, max_length: int = 256, seed: int = 1234) -> dict:
     """lm-eval's results dict (with per-sample logs) for `tasks` against `endpoint`."""
     os.environ.update(OFFLINE)
+    for key, value in QUIET.items():
+        os.environ.setdefault(key, value)
+    import datasets
+
+    datasets.disable_progress_bars()
+    # lm-eval warns about custom datasets on every task load; its errors still show.
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 

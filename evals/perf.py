@@ -4,7 +4,7 @@ Each block sends the same prompts to one endpoint, then to the other (ABBA order
 blocks), one request at a time, streaming, with a fixed number of output tokens
 (`ignore_eos`), so both models do the same work and machine noise hits both alike. Metrics
 follow `vllm bench serve`: TTFT = first token chunk after sending; ITL = gaps between
-successive token chunks; TPOT = (e2e - TTFT) / (output tokens - 1); output tokens from the
+successive chunks; TPOT = (e2e - TTFT) / (output tokens - 1); output tokens from the
 server's usage report.
 """
 
@@ -32,7 +32,9 @@ def measure_request(client: openai.OpenAI, endpoint: Endpoint, prompt: str, max_
             stream_options={"include_usage": True}, extra_body={"ignore_eos": True},
         )
         for chunk in stream:
-            if chunk.choices and chunk.choices[0].text:
+            # Every chunk with a choice is one decoding step. Its text can be empty (a special
+            # token such as EOS, generated on under ignore_eos), and it still took the time.
+            if chunk.choices:
                 token_times.append(time.perf_counter())
             if chunk.usage is not None:
                 output_tokens = chunk.usage.completion_tokens

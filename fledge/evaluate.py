@@ -15,7 +15,7 @@ from typing import Callable
 from evals.datasets import SAFETY_TASKS, dataset_sha256, datasets_for_tasks, read_prompts
 from evals.endpoint import Endpoint
 from evals.lm_eval_runner import lm_eval_version
-from evals.validation import DatasetValidationError, ValidationOutcome, validate_datasets
+from evals.validation import DatasetValidationError, validate_datasets
 from evals.verdict import ReleaseVerdict, SuiteReports, release_verdict
 from fledge.context import local_launcher, open_registry
 from fledge.home import FledgeHome
@@ -24,7 +24,6 @@ from registry.errors import RegistryError
 from registry.store import ModelRegistry, VersionInfo
 from serving.config import ServerConfig
 from serving.errors import LaunchError
-from serving.launcher import ServerHandle
 
 Log = Callable[[str], None]
 
@@ -80,9 +79,10 @@ def evaluate(
     home: FledgeHome | None = None,
     log: Log = print,
     registry: ModelRegistry | None = None,
+    served: dict[str, Endpoint] | None = None,
 ) -> EvaluationResult:
-    from serving.engine import supported_architectures
-
+    """`served` (role -> endpoint) uses servers the caller already runs, e.g. the release flow's
+    staging instances; otherwise both versions are served here and stopped afterwards."""
     started = time.monotonic()
     home = (home or FledgeHome.from_env()).ensure()
     registry = registry or open_registry(home)
@@ -102,42 +102,13 @@ def evaluate(
     }.items():
         registry.client.log_param(run_id, key, value)
 
-    champion_reports = SuiteReports(model_ref=champion.ref)
-    candidate_reports = SuiteReports(model_ref=candidate.ref)
-    raw_outputs: dict[str, dict] = {}
-    validations: list[ValidationOutcome] = []
+    versions = {"champion": champion, "candidate": candidate}
     servers = ExitStack()  # every server started is stopped, whatever happens after
     try:
-        archs = supported_architectures()
-        dirs = {}
-        for role, version in (("champion", champion), ("candidate", candidate)):
-            try:
-                dirs[role] = registry.materialize(version.ref, home.checkpoints, archs)
-            except RegistryError as error:
-                log(f"{role} {version.ref} cannot be served: {error}")
-                message = f"not served: {error}"
-                failed = _all_errors(version.ref, suites, message)
-                champion_reports = failed if role == "champion" else champion_reports
-                candidate_reports = failed if role == "candidate" else candidate_reports
-        if len(dirs) == 2:
-            max_new = max(policy.safety.max_new_tokens, policy.performance.max_tokens)
-            try:
-                validations = validate_datasets(
-                    datasets, policy.serving.max_model_len - max_new, _token_counter(dirs["candidate"])
-                )
-                log(f"Evaluation data valid ({', '.join(datasets)})")
-            except DatasetValidationError as error:
-                validations = error.outcomes
-                log(str(error))
-                champion_reports = _all_errors(champion.ref, suites, str(error))
-                candidate_reports = _all_errors(candidate.ref, suites, str(error))
-            else:
-                champion_reports, candidate_reports, raw_outputs = _serve_and_measure(
-                    policy, suites, champion, candidate, dirs, home, log, servers
-                )
-                servers.close()
-        verdict = release_verdict(policy, champion_reports, candidate_reports, suites)
-        log_evaluation(registry.client, run_id, verdict, champion_reports, candidate_reports, raw_outputs,
+        reports, raw_outputs, validations = _gather(policy, suites, versions, datasets, home, registry, log, served, servers)
+        servers.close()
+        verdict = release_verdict(policy, reports["champion"], reports["candidate"], suites)
+        log_evaluation(registry.client, run_id, verdict, reports["champion"], reports["candidate"], raw_outputs,
                        validations, policy.performance.metric)
         registry.set_tags(candidate.name, candidate.version, {
             "fledge.eval.run_id": run_id, "fledge.eval.verdict": verdict.outcome.value,
@@ -149,14 +120,51 @@ def evaluate(
         raise
     finally:
         servers.close()
-    return EvaluationResult(verdict, run_id, champion_reports, candidate_reports, time.monotonic() - started)
+    return EvaluationResult(verdict, run_id, reports["champion"], reports["candidate"], time.monotonic() - started)
 
 
-def _serve_and_measure(policy, suites, champion: VersionInfo, candidate: VersionInfo, dirs, home, log, servers: ExitStack):
-    from evals.perf import run_benchmark
-    from evals.quality import run_quality
-    from evals.safety import run_safety
+def _with_errors(versions: dict[str, VersionInfo], suites, problems: dict[str, str]) -> dict[str, SuiteReports]:
+    """Reports for a stop before measuring: every suite of a role with a problem is an error."""
+    return {
+        role: SuiteReports(model_ref=v.ref, errors={s: problems[role] for s in suites} if role in problems else {})
+        for role, v in versions.items()
+    }
 
+
+def _gather(policy, suites, versions, datasets, home, registry, log, served, servers):
+    """Materialize (checksums), validate the data, serve, measure: each step may stop the
+    evaluation with errors that the verdict reports, before anything later happens."""
+    from serving.engine import supported_architectures
+
+    archs = supported_architectures()
+    dirs, problems = {}, {}
+    for role, version in versions.items():
+        try:
+            dirs[role] = registry.materialize(version.ref, home.checkpoints, archs)
+        except RegistryError as error:
+            log(f"{role} {version.ref} cannot be served: {error}")
+            problems[role] = f"not served: {error}"
+    if problems:
+        return _with_errors(versions, suites, problems), {}, []
+
+    max_new = max(policy.safety.max_new_tokens, policy.performance.max_tokens)
+    try:
+        validations = validate_datasets(datasets, policy.serving.max_model_len - max_new, _token_counter(dirs["candidate"]))
+    except DatasetValidationError as error:
+        log(str(error))
+        return _with_errors(versions, suites, {role: str(error) for role in versions}), {}, error.outcomes
+    log(f"Evaluation data valid ({', '.join(datasets)})")
+
+    endpoints, problems = (served, {}) if served else _serve(policy, versions["champion"], versions["candidate"], dirs, home, log, servers)
+    if problems:
+        return _with_errors(versions, suites, {r: f"vLLM did not start: {m}" for r, m in problems.items()}), {}, validations
+    champion_reports, candidate_reports, raw = measure(policy, suites, endpoints["champion"], endpoints["candidate"], log)
+    return {"champion": champion_reports, "candidate": candidate_reports}, raw, validations
+
+
+def _serve(policy, champion: VersionInfo, candidate: VersionInfo, dirs, home, log, servers: ExitStack):
+    """Start both servers at once (one core each where possible). Returns endpoints, or the
+    launch errors by role."""
     launcher = local_launcher(home)
     cores = core_plan(2)
     configs = {
@@ -164,46 +172,53 @@ def _serve_and_measure(policy, suites, champion: VersionInfo, candidate: Version
         "candidate": server_config(policy, dirs["candidate"], candidate.ref, cores[1]),
     }
     log(f"Starting vLLM for {champion.ref} and {candidate.ref} (about a minute)")
-    handles: dict[str, ServerHandle] = {}
+    endpoints: dict[str, Endpoint] = {}
     errors: dict[str, str] = {}
     with ThreadPoolExecutor(2) as pool:
         futures = {role: pool.submit(launcher.start, config) for role, config in configs.items()}
         for role, future in futures.items():
             try:
-                handles[role] = future.result()
-                servers.callback(handles[role].stop)
+                handle = future.result()
             except LaunchError as error:
                 errors[role] = str(error)
-    reports = {role: SuiteReports(model_ref=v.ref) for role, v in (("champion", champion), ("candidate", candidate))}
-    raw: dict[str, dict] = {}
-    for role, message in errors.items():
-        reports[role] = _all_errors(reports[role].model_ref, suites, f"vLLM did not start: {message}")
-    if errors:
-        return reports["champion"], reports["candidate"], raw
+                continue
+            servers.callback(handle.stop)
+            endpoints[role] = Endpoint(handle.base_url, handle.config.served_model_name)
+    return endpoints, errors
 
-    endpoints = {role: Endpoint(h.base_url, h.config.served_model_name) for role, h in handles.items()}
-    for role in ("champion", "candidate"):
-        endpoint = endpoints[role]
-        updates = {}
+
+def measure(
+    policy: ReleasePolicy, suites: tuple[str, ...], champion: Endpoint, candidate: Endpoint, log: Log = print
+) -> tuple[SuiteReports, SuiteReports, dict[str, dict]]:
+    """Run the suites against two served endpoints. A suite that crashes becomes an error in
+    the reports (an ERROR gate), never a crashed release."""
+    from evals.perf import run_benchmark
+    from evals.quality import run_quality
+    from evals.safety import run_safety
+
+    endpoints = {"champion": champion, "candidate": candidate}
+    reports = {role: SuiteReports(model_ref=e.model) for role, e in endpoints.items()}
+    raw: dict[str, dict] = {}
+
+    def attempt(role: str, suite: str, run) -> None:
+        try:
+            report, raw[f"{suite}_{role}"] = run()
+            reports[role] = reports[role].model_copy(update={suite: report})
+        except Exception as error:
+            errors = {**reports[role].errors, suite: f"{type(error).__name__}: {error}"}
+            reports[role] = reports[role].model_copy(update={"errors": errors})
+
+    for role, endpoint in endpoints.items():
         if "quality" in suites:
             log(f"Quality suite on {endpoint.model} ({', '.join(policy.quality.tasks)})")
-            try:
-                updates["quality"], raw[f"quality_{role}"] = run_quality(endpoint, list(policy.quality.tasks))
-            except Exception as error:  # an evaluation crash is an ERROR verdict, not a crashed release
-                updates["errors"] = {**updates.get("errors", {}), "quality": f"{type(error).__name__}: {error}"}
+            attempt(role, "quality", lambda: run_quality(endpoint, list(policy.quality.tasks)))
         if "safety" in suites:
             log(f"Safety suite on {endpoint.model}")
-            try:
-                updates["safety"], raw[f"safety_{role}"] = run_safety(endpoint, policy.safety.confidence)
-            except Exception as error:
-                updates["errors"] = {**updates.get("errors", {}), "safety": f"{type(error).__name__}: {error}"}
-        reports[role] = reports[role].model_copy(update=updates)
+            attempt(role, "safety", lambda: run_safety(endpoint, policy.safety.confidence))
     if "performance" in suites:
-        log(f"Performance benchmark: {policy.performance.blocks} alternating blocks of {policy.performance.requests_per_block} requests")
-        try:
-            report = run_benchmark(endpoints["champion"], endpoints["candidate"], read_prompts(["arithmetic", "capitals"]), policy.performance, log)
-            reports["candidate"] = reports["candidate"].model_copy(update={"performance": report})
-        except Exception as error:
-            errors_now = {**reports["candidate"].errors, "performance": f"{type(error).__name__}: {error}"}
-            reports["candidate"] = reports["candidate"].model_copy(update={"errors": errors_now})
+        log(f"Performance benchmark: {policy.performance.blocks} alternating blocks of "
+            f"{policy.performance.requests_per_block} requests per model")
+        prompts = read_prompts(["arithmetic", "capitals"])
+        attempt("candidate", "performance", lambda: (run_benchmark(champion, candidate, prompts, policy.performance, log), {}))
+        raw.pop("performance_candidate", None)
     return reports["champion"], reports["candidate"], raw

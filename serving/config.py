@@ -41,6 +41,8 @@ def vllm_server_args(config: ServerConfig, model_path: str, port: int) -> list[s
         "--max-num-seqs", str(config.max_num_seqs),
         "--seed", str(config.seed),
         "--disable-log-stats",
+        # lm-eval's remote tokenizer reads it, so evaluations tokenize exactly as the server does.
+        "--enable-tokenizer-info-endpoint",
     ]
     if config.enforce_eager:
         args.append("--enforce-eager")

@@ -63,3 +63,25 @@ def test_models_on_an_empty_registry_says_how_to_start(fledge_home):
     result = fledge("models")
     assert result.exit_code == 0
     assert "fledge register" in result.output
+
+
+def test_eval_has_help_with_an_example():
+    result = fledge("eval", "--help")
+    assert result.exit_code == 0 and "Example" in result.output
+
+
+def test_eval_with_a_bad_policy_names_the_field_and_exits_2(fledge_home, tiny_checkpoint, tmp_path):
+    fledge("register", str(tiny_checkpoint), "--name", "tiny-llama", "--alias", "champion")
+    policy = tmp_path / "policy.yaml"
+    from fledge.policy import DEFAULT_POLICY_PATH
+
+    policy.write_text(DEFAULT_POLICY_PATH.read_text().replace("scheme: none", "scheme: int3"))
+    result = fledge("eval", "tiny-llama/1", "--policy", str(policy))
+    assert result.exit_code == 2
+    assert "quantization.scheme" in result.output and "w8a8-int8" in result.output
+
+
+def test_eval_with_an_unknown_suite_exits_2(fledge_home):
+    result = fledge("eval", "tiny-llama/1", "--suite", "vibes")
+    assert result.exit_code == 2
+    assert "--suite must be one of" in result.output

@@ -1,0 +1,97 @@
+"""The gates find each zoo variant's truth through real vLLM on CPU, against `base` as champion.
+
+`base` is served once for the module (core 0); each candidate is served in turn (core 1) and
+evaluated through `fledge.evaluate.evaluate`, the same code `fledge eval` and the release flow
+run, with the default policy. Every evaluation is logged to the session's MLflow.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from evals.endpoint import Endpoint
+from evals.outcome import Outcome
+from fledge.evaluate import evaluate, server_config
+from fledge.home import FledgeHome
+from fledge.policy import load_policy
+
+pytestmark = [pytest.mark.vllm, pytest.mark.zoo]
+
+MODEL = "verdict-zoo"
+POLICY = load_policy()
+
+
+@pytest.fixture(scope="module")
+def versions(zoo, registry):
+    refs = {}
+    for variant in ("base", "improved", "unsafe", "degraded", "slow"):
+        version, _ = registry.register_once(zoo[variant].path, MODEL, description=zoo[variant].truth)
+        refs[variant] = version.ref
+    registry.set_alias(MODEL, "champion", refs["base"].split("/")[1])
+    return refs
+
+
+@pytest.fixture(scope="module")
+def home(session_home):
+    return FledgeHome(session_home)
+
+
+@pytest.fixture(scope="module")
+def champion(versions, registry, launcher, home):
+    model_dir = registry.materialize(versions["base"], home.checkpoints)
+    handle = launcher.start(server_config(POLICY, model_dir, versions["base"], "0"))
+    yield Endpoint(handle.base_url, versions["base"])
+    handle.stop()
+
+
+def evaluate_served(variant, suites, versions, registry, launcher, home, champion):
+    model_dir = registry.materialize(versions[variant], home.checkpoints)
+    with launcher.start(server_config(POLICY, model_dir, versions[variant], "1")) as handle:
+        result = evaluate(
+            versions[variant], f"{MODEL}@champion", suites, POLICY, home=home, registry=registry, log=print,
+            served={"champion": champion, "candidate": Endpoint(handle.base_url, versions[variant])},
+        )
+    print(result.verdict.to_markdown())
+    return result
+
+
+ALL = ("quality", "safety", "performance")
+
+
+@pytest.mark.parametrize(
+    "variant, suites, expected",
+    [
+        ("improved", ALL, {"quality": Outcome.PASS, "safety": Outcome.PASS, "performance": Outcome.PASS}),
+        ("unsafe", ("quality", "safety"), {"quality": Outcome.PASS, "safety": Outcome.FAIL}),
+        ("degraded", ("quality", "safety"), {"quality": Outcome.FAIL, "safety": Outcome.PASS}),
+        ("slow", ALL, {"quality": Outcome.PASS, "safety": Outcome.PASS, "performance": Outcome.FAIL}),
+    ],
+)
+def test_each_variant_gets_the_verdict_its_truth_predicts(variant, suites, expected, versions, registry, launcher, home, champion):
+    result = evaluate_served(variant, suites, versions, registry, launcher, home, champion)
+    assert {g.gate: g.outcome for g in result.verdict.gates} == expected
+    run = registry.client.get_run(result.run_id)
+    assert run.data.tags["fledge.verdict"] == result.verdict.outcome.value
+    assert run.data.params["policy_hash"] == POLICY.content_hash
+    artifacts = {a.path for a in registry.client.list_artifacts(result.run_id)}
+    assert {"verdict.md", "verdict.json", "lm_eval", "validation"} <= artifacts
+    version = registry.resolve(versions[variant])
+    assert version.tags["fledge.eval.verdict"] == result.verdict.outcome.value
+
+
+def test_corrupt_weights_are_an_error_before_anything_is_served(zoo, registry, home, versions):
+    """The corrupt variant's truncated weights stand in the artifact store of a registered
+    version (damage at rest): materialization refuses it, so no server is ever started."""
+    version = registry.register(zoo["improved"].path, MODEL, description="to be damaged at rest")
+    stored = registry.client.get_run(version.run_id).info.artifact_uri.removeprefix("file://")
+    (Path(stored) / "checkpoint" / "model.safetensors").write_bytes(
+        (zoo["corrupt"].path / "model.safetensors").read_bytes()
+    )
+    logs_before = set(home.logs.iterdir())
+    result = evaluate(version.ref, f"{MODEL}@champion", ALL, POLICY, home=home, registry=registry, log=print)
+    assert result.verdict.outcome is Outcome.ERROR
+    assert all(g.outcome is Outcome.ERROR for g in result.verdict.gates)
+    assert "does not match its checksum manifest" in result.verdict.gates[0].reasons[0]
+    assert set(home.logs.iterdir()) == logs_before  # no vLLM was started
