@@ -23,8 +23,9 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     from fledge.policy import PolicyError
     from registry.errors import RegistryError
     from serving.errors import LaunchError
+    from serving.quantize import SchemeNotServable
 
-    return (UsageError, RegistryError, LaunchError, ValidationError, FileNotFoundError, PolicyError)
+    return (UsageError, RegistryError, LaunchError, ValidationError, FileNotFoundError, PolicyError, SchemeNotServable)
 
 
 def friendly(command=None, *, exit_code: int = EXIT_ERROR):

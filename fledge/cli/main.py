@@ -163,6 +163,56 @@ def serve(
 EVAL_EXIT = {"pass": 0, "fail": 1, "inconclusive": 2, "error": 2}
 
 
+@app.command()
+@friendly(exit_code=2)
+def quantize(
+    ref: str = typer.Argument(..., help="The source version: NAME/VERSION or NAME@ALIAS."),
+    scheme: Optional[str] = typer.Option(None, "--scheme", help="none, w8a8-int8 (CPU/GPU), w4a16, w4a16-gptq, fp8-dynamic (GPU). Default: the policy's."),
+    policy_file: Optional[Path] = typer.Option(None, "--policy", help="Release policy YAML."),
+    gate: bool = typer.Option(True, "--gate/--no-gate", help="Serve source and quantized version and gate the result."),
+) -> None:
+    """Quantize a version into a new version of the same model (lineage-tagged), then gate it
+    against its source. Re-quantizing with the same recipe reuses the existing version.
+
+    Exits 0 when the gate passes, 1 when it fails, 2 on inconclusive or error.
+
+    Example: `fledge quantize tiny-llama/3 --scheme w8a8-int8`
+    """
+    from fledge.policy import load_policy
+    from fledge.quantization import gate_quantized, quantize_version
+    from registry.status import TAG_SOURCE_VERSION
+
+    policy = load_policy(policy_file)
+    scheme = scheme or policy.quantization.scheme
+    log = lambda line: console.print(f"  {line}", highlight=False)  # noqa: E731
+    result = quantize_version(ref, scheme, log=log)
+    v = result.version
+    console.print(f"{v.ref} ({'reused' if result.reused else 'new'}): {scheme} of {result.source.name}/"
+                  f"{v.tags.get(TAG_SOURCE_VERSION, result.source.version)}", highlight=False)
+    lineage = Table(show_header=False)
+    for key in sorted(k for k in v.tags if k.startswith("fledge.quant.") or k == TAG_SOURCE_VERSION):
+        lineage.add_row(key, v.tags[key])
+    console.print(lineage)
+    if not gate or scheme == "none":
+        return
+    with console.status("Serving source and quantized version to gate the quantization..."):
+        outcome = gate_quantized(result, policy, log=log)
+    table = Table(title=f"quantization gate: {outcome.outcome.value.upper()}")
+    table.add_column("check", no_wrap=True)
+    table.add_column("outcome", no_wrap=True)
+    table.add_column("evidence")
+    for g in outcome.gates:
+        for c in g.checks:
+            table.add_row(c.name, c.outcome.value, c.detail)
+    console.print(table)
+    if outcome.speed_ratio is not None:
+        console.print(f"Speed (not gated): quantized/source time per output token {outcome.speed_ratio:.2f}"
+                      + (" - int8 is not faster than float32 for tiny models on these CPUs." if outcome.speed_ratio >= 1 else ""),
+                      highlight=False)
+    console.print(f"MLflow run {outcome.run_id}", highlight=False)
+    raise typer.Exit(EVAL_EXIT[outcome.outcome.value])
+
+
 @app.command("eval")
 @friendly(exit_code=2)
 def eval_command(
