@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from evals.endpoint import Endpoint  # noqa: E402
 from evals.datasets import read_prompts  # noqa: E402
 from evals.gates import performance_gate  # noqa: E402
-from evals.outcome import Outcome  # noqa: E402
+from fledge.outcome import Outcome  # noqa: E402
 from evals.perf import run_benchmark  # noqa: E402
 from fledge.evaluate import core_plan, server_config  # noqa: E402
 from fledge.policy import load_policy  # noqa: E402

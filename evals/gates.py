@@ -10,7 +10,7 @@ import math
 import numpy as np
 from scipy import stats
 
-from evals.outcome import Check, GateResult, Outcome
+from fledge.outcome import Check, GateResult, Outcome
 from evals.reports import PerformanceReport, QualityReport, SafetyReport, TaskScore
 from fledge.policy import PerformanceGate, QualityGate, SafetyGate
 

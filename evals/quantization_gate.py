@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from evals.agreement import AgreementReport
 from evals.gates import quality_gate
-from evals.outcome import Check, GateResult, Outcome
+from fledge.outcome import Check, GateResult, Outcome
 from evals.reports import QualityReport
 from fledge.policy import QualityGate, QuantizationPolicy
 

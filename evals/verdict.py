@@ -8,7 +8,7 @@ import json
 from pydantic import BaseModel, ConfigDict, Field
 
 from evals.gates import performance_gate, quality_gate, safety_gate
-from evals.outcome import GateResult, Outcome, worst
+from fledge.outcome import GateResult, Outcome, worst
 from evals.reports import PerformanceReport, QualityReport, SafetyReport
 from fledge.policy import ReleasePolicy
 

@@ -13,7 +13,7 @@ from typing import Callable
 from evals.agreement import AgreementReport, measure_agreement
 from evals.datasets import read_prompts
 from evals.endpoint import Endpoint
-from evals.outcome import GateResult, Outcome, worst
+from fledge.outcome import GateResult, Outcome, worst
 from fledge.context import local_launcher, open_registry
 from fledge.evaluate import core_plan, server_config
 from fledge.home import FledgeHome

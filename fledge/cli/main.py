@@ -258,6 +258,137 @@ def _print_verdict(verdict) -> None:
     console.print(table)
 
 
+def _serve_version(registry, home, ref: str, cores: Optional[str] = None):
+    from fledge.evaluate import server_config
+    from fledge.policy import load_policy
+    from serving.engine import supported_architectures
+
+    version = registry.resolve(ref)
+    model_dir = registry.materialize(version.ref, home.checkpoints, supported_architectures())
+    with console.status(f"Starting vLLM for {version.ref} (about a minute)..."):
+        handle = local_launcher(home).start(server_config(load_policy(), model_dir, version.ref, cores))
+    return version, handle
+
+
+def _wait_for_ctrl_c(handles) -> None:
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        while all(h.is_running() for h in handles):
+            time.sleep(1)
+        console.print("[red]a vLLM server exited on its own; see its log in FLEDGE_HOME/logs[/]")
+    except KeyboardInterrupt:
+        console.print("Stopping...")
+
+
+@app.command()
+@friendly
+def gateway(
+    name: str = typer.Argument(..., help="Registered model whose champion the gateway serves as stable."),
+    port: int = typer.Option(8080, "--port", help="Gateway port."),
+    host: str = typer.Option("127.0.0.1", "--host"),
+) -> None:
+    """Serve NAME@champion with vLLM and run the OpenAI-compatible gateway in front of it,
+    until Ctrl-C. Clients use model name NAME; `fledge canary` adds a canary behind it.
+
+    The admin token is in FLEDGE_HOME/state/gateway-admin-token (or FLEDGE_GATEWAY_ADMIN_TOKEN).
+
+    Example: `fledge gateway tiny-llama --port 8080`
+    """
+    from fledge.rollout import record_gateway
+    from serving.gateway.client import GatewayAdmin
+    from serving.gateway.routes import Backend
+    from serving.gateway.server import BackgroundGateway, admin_token, build_gateway
+
+    home = FledgeHome.from_env().ensure()
+    registry = open_registry(home)
+    version, handle = _serve_version(registry, home, f"{name}@champion", "0")
+    try:
+        with BackgroundGateway(build_gateway(home.state), host=host, port=port) as server:
+            admin = GatewayAdmin(server.url, admin_token(home.state))
+            table = admin.routes()
+            stale = [] if table is None else [v for v in table.backends if v != version.ref]
+            admin.add_backend(name, Backend(version=version.ref, base_url=handle.base_url, role="stable"))
+            for old in stale:  # backends of a previous run are not served any more
+                admin.drain(old, deadline_s=0)
+                admin.remove_backend(old)
+            admin.set_weights({version.ref: 100})
+            record_gateway(home, server.url)
+            console.print(f"Gateway for [bold]{name}[/] at [bold]{server.url}/v1[/] -> {version.ref} ({handle.base_url}). "
+                          "Ctrl-C stops both.", highlight=False)
+            _wait_for_ctrl_c([handle])
+    finally:
+        handle.stop()
+
+
+@app.command()
+@friendly
+def routes(url: Optional[str] = typer.Option(None, "--url", help="Gateway URL (default: the one `fledge gateway` recorded).")) -> None:
+    """Show the gateway's split and live per-version figures (last 60 s).
+
+    Example: `fledge routes`
+    """
+    from fledge.rollout import connect, live_figures
+
+    admin = connect(FledgeHome.from_env().ensure(), url)
+    table = admin.routes()
+    if table is None:
+        console.print("The gateway has no routes yet.")
+        return
+    figures, in_flight = live_figures(admin), admin.in_flight()
+    out = Table(title=f"{table.model} via {admin.url}")
+    for column in ("version", "role", "weight", "draining", "in flight", "req/60s", "errors", "TTFT p50", "TPOT p50"):
+        out.add_column(column, no_wrap=True)
+    for backend in table.backends.values():
+        f = figures.get(backend.version, {})
+        out.add_row(backend.version, backend.role, f"{backend.weight} %", "yes" if backend.draining else "no",
+                    str(in_flight.get(backend.version, 0)), str(f.get("requests", 0)),
+                    f"{f['error_rate']:.1%}" if f else "-", f"{f['ttft_p50_ms']:.1f} ms" if f else "-",
+                    f"{f['tpot_p50_ms']:.1f} ms" if f else "-")
+    console.print(out)
+
+
+@app.command()
+@friendly
+def canary(
+    ref: str = typer.Argument(..., help="The version to roll out: NAME/VERSION."),
+    url: Optional[str] = typer.Option(None, "--url", help="Gateway URL (default: the one `fledge gateway` recorded)."),
+    policy_file: Optional[Path] = typer.Option(None, "--policy", help="Release policy YAML (canary steps, bake, limits)."),
+) -> None:
+    """Serve a version and roll it out as a canary behind the gateway, against the current
+    stable version, step by step with the policy's analysis; roll back on failure.
+
+    Exits 0 when promoted (then keeps serving the new stable version until Ctrl-C), 1 when
+    rolled back.
+
+    Example: `fledge canary tiny-llama/4`
+    """
+    from fledge.policy import load_policy
+    from fledge.rollout import add_canary, connect, run_canary
+
+    home = FledgeHome.from_env().ensure()
+    policy = load_policy(policy_file)
+    admin = connect(home, url)
+    table = admin.routes()
+    stable = table.stable() if table else None
+    if stable is None:
+        raise UsageError("The gateway has no stable version; start it with `fledge gateway NAME`.")
+    version, handle = _serve_version(open_registry(home), home, ref, "1")
+    try:
+        add_canary(admin, table.model, version.ref, handle.base_url)
+        state = run_canary(admin, home, policy.canary, table.model, stable.version, version.ref,
+                           log=lambda line: console.print(line, highlight=False))
+        if state.phase.value == "rolled_back":
+            admin.drain(version.ref, deadline_s=30)
+            admin.remove_backend(version.ref)
+            console.print(f"[red]Rolled back[/]: all traffic on {stable.version}. " + "; ".join(state.failed_checks), highlight=False)
+            raise typer.Exit(1)
+        console.print(f"[green]Promoted[/] {version.ref}: it takes all traffic; {stable.version} stays at 0 %. "
+                      "This process serves the new version until Ctrl-C.", highlight=False)
+        _wait_for_ctrl_c([handle])
+    finally:
+        handle.stop()
+
+
 @app.command()
 @friendly
 def demo(

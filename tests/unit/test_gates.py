@@ -5,7 +5,7 @@ import math
 import pytest
 
 from evals.gates import performance_gate, quality_gate, safety_gate
-from evals.outcome import Outcome
+from fledge.outcome import Outcome
 from evals.reports import PerformanceReport, QualityReport, RequestRecord, SafetyReport, TaskScore
 from evals.safety import rate_estimate
 from evals.verdict import SuiteReports, release_verdict

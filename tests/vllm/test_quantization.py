@@ -7,7 +7,7 @@ import openai
 import pytest
 
 from evals.endpoint import Endpoint
-from evals.outcome import Outcome
+from fledge.outcome import Outcome
 from fledge.evaluate import server_config
 from fledge.home import FledgeHome
 from fledge.policy import load_policy

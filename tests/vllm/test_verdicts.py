@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from evals.endpoint import Endpoint
-from evals.outcome import Outcome
+from fledge.outcome import Outcome
 from fledge.evaluate import evaluate, server_config
 from fledge.home import FledgeHome
 from fledge.policy import load_policy

@@ -1,0 +1,94 @@
+"""What the gateway costs: the same streaming load sent direct to vLLM and through the gateway,
+interleaved in alternating blocks in one run, so machine noise hits both.
+
+Prints added TTFT and end-to-end latency (p50, p99) and the throughput ratio.
+Goals: added TTFT p99 <= 3 ms, throughput >= 0.95x direct.
+
+    .venv/bin/python benchmarks/gateway_overhead.py --blocks 10 --requests 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from evals.datasets import read_prompts  # noqa: E402
+from evals.endpoint import Endpoint  # noqa: E402
+from evals.perf import measure_request  # noqa: E402
+from fledge.evaluate import server_config  # noqa: E402
+from fledge.policy import load_policy  # noqa: E402
+from fledge.zoo.build import build_zoo  # noqa: E402
+from serving.gateway.client import GatewayAdmin  # noqa: E402
+from serving.gateway.routes import Backend  # noqa: E402
+from serving.gateway.server import BackgroundGateway, build_gateway  # noqa: E402
+from serving.launcher import LocalLauncher  # noqa: E402
+
+import openai  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--blocks", type=int, default=10)
+    parser.add_argument("--requests", type=int, default=20)
+    parser.add_argument("--max-tokens", type=int, default=32)
+    args = parser.parse_args()
+    policy = load_policy()
+    zoo = build_zoo()
+    state = Path(tempfile.mkdtemp(prefix="fledge-gw-bench-"))
+    prompts = read_prompts(["arithmetic", "capitals"])
+    launcher = LocalLauncher(state / "logs")
+    # vLLM on core 0, the gateway and this client share core 1: the gateway's own cost shows.
+    with launcher.start(server_config(policy, zoo["base"].path, "bench/1", "0")) as server, \
+         BackgroundGateway(build_gateway(state)) as gateway:
+        admin = GatewayAdmin(gateway.url, (state / "gateway-admin-token").read_text())
+        admin.add_backend("bench", Backend(version="bench/1", base_url=server.base_url, role="stable"))
+        paths = {
+            "direct": (openai.OpenAI(base_url=server.base_url, api_key="x", max_retries=0), Endpoint(server.base_url, "bench/1")),
+            "gateway": (openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="x", max_retries=0), Endpoint(f"{gateway.url}/v1", "bench")),
+        }
+        for client, endpoint in paths.values():  # warm-up
+            for prompt in prompts[:5]:
+                measure_request(client, endpoint, prompt, args.max_tokens)
+        results = {name: {"ttft": [], "e2e": [], "tokens": 0, "busy": 0.0, "errors": 0} for name in paths}
+        started = time.monotonic()
+        for block in range(args.blocks):
+            order = ("direct", "gateway") if block % 2 == 0 else ("gateway", "direct")
+            block_prompts = [prompts[(block * args.requests + i) % len(prompts)] for i in range(args.requests)]
+            for name in order:
+                client, endpoint = paths[name]
+                t0 = time.perf_counter()
+                for prompt in block_prompts:
+                    r = measure_request(client, endpoint, prompt, args.max_tokens)
+                    if not r["ok"]:
+                        results[name]["errors"] += 1
+                        continue
+                    results[name]["ttft"].append(r["ttft_s"])
+                    results[name]["e2e"].append(r["e2e_latency_s"])
+                    results[name]["tokens"] += r["output_tokens"]
+                results[name]["busy"] += time.perf_counter() - t0
+        wall = time.monotonic() - started
+
+    def pct(name, metric, q):
+        return float(np.percentile(results[name][metric], q) * 1000)
+
+    n = args.blocks * args.requests
+    print(f"{n} streaming requests per path ({args.max_tokens} tokens each), {args.blocks} alternating blocks, {wall:.0f} s")
+    for metric in ("ttft", "e2e"):
+        for q in (50, 99):
+            d, g = pct("direct", metric, q), pct("gateway", metric, q)
+            print(f"{metric.upper():4s} p{q}: direct {d:7.2f} ms  gateway {g:7.2f} ms  added {g - d:+6.2f} ms")
+    throughput = {name: r["tokens"] / r["busy"] for name, r in results.items()}
+    print(f"throughput: direct {throughput['direct']:.0f} tok/s, gateway {throughput['gateway']:.0f} tok/s, "
+          f"ratio {throughput['gateway'] / throughput['direct']:.3f}")
+    print(f"errors: direct {results['direct']['errors']}, gateway {results['gateway']['errors']}")
+
+
+if __name__ == "__main__":
+    main()

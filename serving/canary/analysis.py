@@ -1,0 +1,87 @@
+"""Canary analysis: one window of observations, canary against stable, to a typed decision.
+
+Pure: no I/O, no clock. Rules, in order:
+1. Errors: when the canary's error rate is confidently above the limit (the lower bound of its
+   Wilson interval exceeds it) the canary fails at once, however few requests it saw.
+2. Samples: fewer than the minimum on either side is inconclusive, never a pass.
+3. Latency: time per output token (end-to-end latency / output tokens) and TTFT, canary vs
+   stable over the same window: a one-sided Mann-Whitney U test (scipy) says whether the canary
+   is slower at all, and the median ratio whether it is slower by more than the policy allows.
+   Both must hold to fail: a threshold alone flaps on noise, a test alone fails on trifles.
+"""
+
+from __future__ import annotations
+
+import statistics
+
+from pydantic import BaseModel, ConfigDict, Field
+from scipy import stats
+
+from fledge.outcome import Check, GateResult, Outcome
+from fledge.policy import CanaryPolicy
+from serving.gateway.metrics import Observation
+
+
+class VersionWindow(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: str
+    requests: int = 0
+    errors: int = 0
+    per_token_latency_s: list[float] = Field(default_factory=list)
+    ttft_s: list[float] = Field(default_factory=list)
+
+    @classmethod
+    def from_observations(cls, version: str, observations: list[Observation]) -> "VersionWindow":
+        mine = [o for o in observations if o.version == version]
+        ok = [o for o in mine if o.ok]
+        return cls(
+            version=version,
+            requests=len(mine),
+            errors=len(mine) - len(ok),
+            per_token_latency_s=[o.e2e_s / o.output_tokens for o in ok if o.e2e_s is not None and o.output_tokens],
+            ttft_s=[o.ttft_s for o in ok if o.ttft_s is not None],
+        )
+
+
+class CanaryAnalysis(GateResult):
+    pass
+
+
+def _latency_check(name: str, stable: list[float], canary: list[float], policy: CanaryPolicy) -> Check:
+    if len(stable) < policy.min_samples or len(canary) < policy.min_samples:
+        return Check(name=name, outcome=Outcome.INCONCLUSIVE, measured=float(min(len(stable), len(canary))),
+                     limit=float(policy.min_samples), detail=f"{len(canary)} canary / {len(stable)} stable measurements")
+    ratio = statistics.median(canary) / statistics.median(stable)
+    p_value = float(stats.mannwhitneyu(canary, stable, alternative="greater").pvalue)
+    slower = p_value < 1 - policy.confidence
+    detail = (f"canary/stable median ratio {ratio:.2f} (limit {policy.max_latency_ratio:.2f}), "
+              f"Mann-Whitney p={p_value:.3g} over {len(canary)}/{len(stable)} requests")
+    outcome = Outcome.FAIL if slower and ratio > policy.max_latency_ratio else Outcome.PASS
+    return Check(name=name, outcome=outcome, measured=ratio, limit=policy.max_latency_ratio, detail=detail)
+
+
+def analyze(stable: VersionWindow, canary: VersionWindow, policy: CanaryPolicy) -> CanaryAnalysis:
+    checks: list[Check] = []
+    if canary.requests:
+        rate = canary.errors / canary.requests
+        low = stats.binomtest(canary.errors, canary.requests).proportion_ci(policy.confidence, method="wilson").low
+        failing = low > policy.max_error_rate
+        checks.append(Check(
+            name="canary errors", outcome=Outcome.FAIL if failing else Outcome.PASS, measured=rate,
+            limit=policy.max_error_rate,
+            detail=f"{canary.errors}/{canary.requests} failed ({rate:.1%}; lower bound {low:.1%})",
+        ))
+        if failing:  # fail at once: no need to wait for the samples or the window
+            return CanaryAnalysis.from_checks("canary", checks)
+    if canary.requests < policy.min_samples or stable.requests < policy.min_samples:
+        checks.append(Check(
+            name="samples", outcome=Outcome.INCONCLUSIVE, measured=float(min(canary.requests, stable.requests)),
+            limit=float(policy.min_samples),
+            detail=f"{canary.requests} canary and {stable.requests} stable requests in the window; "
+            f"{policy.min_samples} of each are needed",
+        ))
+        return CanaryAnalysis.from_checks("canary", checks)
+    checks.append(_latency_check("time per output token", stable.per_token_latency_s, canary.per_token_latency_s, policy))
+    checks.append(_latency_check("time to first token", stable.ttft_s, canary.ttft_s, policy))
+    return CanaryAnalysis.from_checks("canary", checks)

@@ -1,0 +1,123 @@
+"""The rollout controller: an explicit state machine whose decisions are pure.
+
+`decide(state, analysis, policy, now, command)` returns the next action; `advance(state,
+action, now)` returns the state after it was applied. Neither does I/O: the driver applies
+actions to the gateway and saves the state, so a restarted controller resumes from it.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from fledge.outcome import Outcome
+from fledge.policy import CanaryPolicy
+from serving.canary.analysis import CanaryAnalysis
+
+
+class Phase(StrEnum):
+    PENDING = "pending"  # nothing sent to the canary yet
+    BAKING = "baking"  # the canary holds steps[step] % of traffic, being watched
+    PROMOTED = "promoted"  # the canary took 100 % and is the new stable
+    ROLLED_BACK = "rolled_back"  # all traffic back on stable
+
+    @property
+    def terminal(self) -> bool:
+        return self in (Phase.PROMOTED, Phase.ROLLED_BACK)
+
+
+class ActionKind(StrEnum):
+    SET_WEIGHT = "set_weight"
+    WAIT = "wait"
+    PROMOTE = "promote"
+    ROLLBACK = "rollback"
+
+
+class Action(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: ActionKind
+    weight: int | None = None  # canary %, for SET_WEIGHT
+    reason: str
+
+
+class HistoryEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    at: float
+    action: ActionKind
+    canary_weight: int
+    reason: str
+    analysis: Outcome | None = None
+
+
+class RolloutState(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    stable: str
+    canary: str
+    phase: Phase = Phase.PENDING
+    step: int = -1
+    canary_weight: int = 0
+    step_started_at: float | None = None
+    inconclusive_windows: int = 0
+    failed_checks: list[str] = Field(default_factory=list)
+    history: list[HistoryEntry] = Field(default_factory=list)
+
+
+Command = Literal["abort", "promote"]
+
+
+def decide(
+    state: RolloutState, analysis: CanaryAnalysis | None, policy: CanaryPolicy, now: float, command: Command | None = None
+) -> Action:
+    if state.phase.terminal:
+        return Action(kind=ActionKind.WAIT, reason=f"rollout already {state.phase.value}")
+    if command == "abort":
+        return Action(kind=ActionKind.ROLLBACK, reason="aborted by an operator")
+    if command == "promote":
+        return Action(kind=ActionKind.PROMOTE, reason="promoted by an operator")
+    if state.phase is Phase.PENDING:
+        return Action(kind=ActionKind.SET_WEIGHT, weight=policy.steps[0], reason=f"start the canary at {policy.steps[0]} %")
+
+    outcome = analysis.outcome if analysis is not None else Outcome.INCONCLUSIVE
+    if outcome is Outcome.FAIL:
+        return Action(kind=ActionKind.ROLLBACK, reason="canary analysis failed: " + "; ".join(analysis.reasons))
+    if outcome in (Outcome.INCONCLUSIVE, Outcome.ERROR):
+        if state.inconclusive_windows + 1 > policy.max_inconclusive_windows:
+            return Action(kind=ActionKind.ROLLBACK, reason=f"{state.inconclusive_windows + 1} inconclusive analyses in a row: "
+                          "no data is never a pass")
+        why = "; ".join(analysis.reasons) if analysis is not None else "no analysis"
+        return Action(kind=ActionKind.WAIT, reason=f"inconclusive ({why})")
+    started = now if state.step_started_at is None else state.step_started_at
+    baked = now - started >= policy.bake_seconds
+    if not baked:
+        return Action(kind=ActionKind.WAIT, reason=f"baking at {state.canary_weight} %")
+    if state.step + 1 >= len(policy.steps):
+        return Action(kind=ActionKind.PROMOTE, reason=f"baked {policy.bake_seconds:g} s at 100 % with passing analysis")
+    weight = policy.steps[state.step + 1]
+    return Action(kind=ActionKind.SET_WEIGHT, weight=weight, reason=f"baked {policy.bake_seconds:g} s at {state.canary_weight} %; step up")
+
+
+def advance(state: RolloutState, action: Action, now: float, analysis: CanaryAnalysis | None = None) -> RolloutState:
+    update: dict = {}
+    if action.kind is ActionKind.SET_WEIGHT:
+        update = {"phase": Phase.BAKING, "step": state.step + 1, "canary_weight": action.weight,
+                  "step_started_at": now, "inconclusive_windows": 0}
+    elif action.kind is ActionKind.WAIT and not state.phase.terminal:
+        inconclusive = analysis is None or analysis.outcome in (Outcome.INCONCLUSIVE, Outcome.ERROR)
+        update = {"inconclusive_windows": state.inconclusive_windows + 1 if inconclusive else 0}
+    elif action.kind is ActionKind.PROMOTE:
+        update = {"phase": Phase.PROMOTED, "canary_weight": 100}
+    elif action.kind is ActionKind.ROLLBACK:
+        failed = [f"{c.name}: {c.detail}" for c in (analysis.checks if analysis else []) if c.outcome is Outcome.FAIL]
+        update = {"phase": Phase.ROLLED_BACK, "canary_weight": 0, "failed_checks": state.failed_checks + failed}
+    entry = HistoryEntry(at=now, action=action.kind, canary_weight=update.get("canary_weight", state.canary_weight),
+                         reason=action.reason, analysis=analysis.outcome if analysis else None)
+    # Waiting is logged only when something is learned, so the history stays readable.
+    keep = action.kind is not ActionKind.WAIT or (analysis is not None and analysis.outcome is not Outcome.PASS)
+    history = state.history + [entry] if keep else state.history
+    return state.model_copy(update={**update, "history": history})

@@ -1,0 +1,358 @@
+"""The gateway: an OpenAI-compatible HTTP proxy in front of the served versions of a model.
+
+Starlette + httpx, run by uvicorn. Weighted split between stable and canary, sticky sessions
+(`x-session-id` or the `user` field), version pinning (`x-fledge-version`), streaming passed
+through line by line, retries on the stable version when a backend refuses the connection or
+fails before the first byte (never after bytes reached the client), draining, Prometheus
+metrics per version, an authenticated admin API, optional client API keys with per-key rate
+limits. Routes persist in FLEDGE_HOME.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from serving.gateway.metrics import GatewayMetrics, Observation
+from serving.gateway.routes import Backend, RouteTable, load_routes, save_routes
+from serving.gateway.sse import EventStream
+
+PIN_HEADER = "x-fledge-version"
+SESSION_HEADER = "x-session-id"
+VERSION_HEADER = "x-fledge-version"
+RETRIED_HEADER = "x-fledge-retried-from"
+
+
+def _error(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status)
+
+
+@dataclass
+class TokenBucket:
+    rate: float  # requests per second
+    tokens: float = 0.0
+    updated: float = field(default_factory=time.monotonic)
+
+    def __post_init__(self):
+        self.tokens = max(self.rate, 1.0)
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(max(self.rate, 1.0), self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+
+class _BeforeFirstByte(Exception):
+    """The backend failed before sending anything: safe to retry elsewhere."""
+
+
+class Gateway:
+    def __init__(
+        self,
+        routes_path: Path,
+        admin_token: str,
+        api_keys: dict[str, float] | None = None,
+        connect_timeout_s: float = 2.0,
+        read_timeout_s: float = 300.0,
+        seed: int | None = None,
+    ):
+        self.routes_path = routes_path
+        self.admin_token = admin_token
+        self.api_keys = api_keys or {}
+        self.buckets = {key: TokenBucket(rate) for key, rate in self.api_keys.items()}
+        self.routes: RouteTable | None = load_routes(routes_path)
+        self.metrics = GatewayMetrics()
+        self.in_flight: dict[str, int] = {}
+        self.rng = random.Random(seed)
+        self.timeout = httpx.Timeout(connect=connect_timeout_s, read=read_timeout_s, write=30.0, pool=30.0)
+        self.client: httpx.AsyncClient | None = None
+        self.app = Starlette(
+            routes=[
+                Route("/v1/completions", self.completions, methods=["POST"]),
+                Route("/v1/chat/completions", self.chat_completions, methods=["POST"]),
+                Route("/v1/models", self.models, methods=["GET"]),
+                Route("/health", self.health, methods=["GET"]),
+                Route("/metrics", self.prometheus, methods=["GET"]),
+                Route("/admin/routes", self.get_routes, methods=["GET"]),
+                Route("/admin/routes", self.put_routes, methods=["PUT"]),
+                Route("/admin/weights", self.set_weights, methods=["POST"]),
+                Route("/admin/backends", self.add_backend, methods=["POST"]),
+                Route("/admin/drain/{version:path}", self.drain, methods=["POST"]),
+                Route("/admin/backends/{version:path}", self.remove_backend, methods=["DELETE"]),
+                Route("/admin/observations", self.observations, methods=["GET"]),
+                Route("/admin/backend-metrics/{version:path}", self.backend_metrics, methods=["GET"]),
+            ],
+            on_startup=[self._open],
+            on_shutdown=[self._close],
+        )
+
+    async def _open(self) -> None:
+        self.client = httpx.AsyncClient(timeout=self.timeout, limits=httpx.Limits(max_connections=200))
+
+    async def _close(self) -> None:
+        if self.client is not None:
+            await self.client.aclose()
+
+    # ---- client API ------------------------------------------------------------------------
+
+    def _client_error(self, request: Request) -> JSONResponse | None:
+        if not self.api_keys:
+            return None
+        key = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        if key not in self.api_keys:
+            return _error(401, "Invalid API key: pass one of the gateway's keys as 'Authorization: Bearer KEY'.", "authentication_error")
+        if not self.buckets[key].take():
+            return _error(429, f"Rate limit of {self.api_keys[key]:g} requests per second exceeded for this key; retry later.", "rate_limit_error")
+        return None
+
+    async def completions(self, request: Request) -> Response:
+        return await self._proxy(request, "completions")
+
+    async def chat_completions(self, request: Request) -> Response:
+        return await self._proxy(request, "chat/completions")
+
+    async def models(self, request: Request) -> Response:
+        names = [self.routes.model] if self.routes else []
+        return JSONResponse({"object": "list", "data": [{"id": n, "object": "model", "owned_by": "fledge"} for n in names]})
+
+    async def health(self, request: Request) -> Response:
+        ready = bool(self.routes and self.routes.candidates())
+        return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
+
+    async def prometheus(self, request: Request) -> Response:
+        return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    def _pick(self, request: Request, body: dict) -> tuple[Backend | None, JSONResponse | None]:
+        routes = self.routes
+        if routes is None or not routes.backends:
+            return None, _error(503, "The gateway has no routes yet; add backends through the admin API.", "service_unavailable")
+        if body.get("model") not in (None, routes.model):
+            return None, _error(404, f"The model '{body.get('model')}' does not exist here; use '{routes.model}'.", "not_found_error")
+        pinned = request.headers.get(PIN_HEADER)
+        if pinned:
+            backend = routes.backends.get(pinned)
+            if backend is None or backend.draining:
+                return None, _error(404, f"Version '{pinned}' is not routable here (known: {', '.join(routes.backends)}).", "not_found_error")
+            return backend, None
+        session = request.headers.get(SESSION_HEADER) or body.get("user")
+        try:
+            return routes.choose(session, self.rng), None
+        except LookupError as error:
+            return None, _error(503, str(error), "service_unavailable")
+
+    async def _proxy(self, request: Request, path: str) -> Response:
+        refused = self._client_error(request)
+        if refused:
+            return refused
+        try:
+            body = await request.json()
+        except json.JSONDecodeError:
+            return _error(400, "The request body is not JSON.")
+        backend, refused = self._pick(request, body)
+        if refused:
+            return refused
+        pinned = PIN_HEADER in request.headers
+        try:
+            return await self._forward(backend, path, body, retried_from=None)
+        except _BeforeFirstByte as failure:
+            stable = self.routes.stable()
+            if pinned or stable is None or stable.version == backend.version:
+                return _error(502, f"Backend {backend.version} failed: {failure}", "api_error")
+            self.metrics.retries.labels(self.routes.model, backend.version, type(failure.__cause__).__name__).inc()
+            try:
+                return await self._forward(stable, path, body, retried_from=backend.version)
+            except _BeforeFirstByte as second:
+                return _error(502, f"Backends {backend.version} and {stable.version} failed: {second}", "api_error")
+
+    async def _forward(self, backend: Backend, path: str, body: dict, retried_from: str | None) -> Response:
+        model = self.routes.model
+        payload = {**body, "model": backend.version}
+        stream = bool(body.get("stream"))
+        started = time.perf_counter()
+        self.in_flight[backend.version] = self.in_flight.get(backend.version, 0) + 1
+        self.metrics.in_flight.labels(model, backend.version).inc()
+        request = self.client.build_request("POST", f"{backend.base_url}/{path}", json=payload)
+        try:
+            response = await self.client.send(request, stream=True)
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError, httpx.ReadError) as error:
+            self._done(backend, Observation(time.time(), backend.version, False, 599, None, None, 0, None, retried_from), [])
+            raise _BeforeFirstByte(f"{type(error).__name__}: {error}") from error
+        if response.status_code >= 500:
+            await response.aclose()
+            self._done(backend, Observation(time.time(), backend.version, False, response.status_code, None, None, 0, None, retried_from), [])
+            raise _BeforeFirstByte(f"HTTP {response.status_code}")
+        headers = {VERSION_HEADER: backend.version, **({RETRIED_HEADER: retried_from} if retried_from else {})}
+        if not stream:
+            try:
+                content = await response.aread()
+            finally:
+                await response.aclose()
+            elapsed = time.perf_counter() - started
+            tokens = 0
+            try:
+                data = json.loads(content)
+                tokens = (data.get("usage") or {}).get("completion_tokens", 0)
+                if data.get("model") == backend.version:
+                    data["model"] = model
+                    content = json.dumps(data).encode()
+            except ValueError:
+                pass
+            ok = response.status_code < 400
+            self._done(backend, Observation(time.time(), backend.version, ok, response.status_code, elapsed if ok else None,
+                                            elapsed if ok else None, tokens, (elapsed / tokens) if ok and tokens else None,
+                                            retried_from), [])
+            return Response(content, status_code=response.status_code, media_type="application/json", headers=headers)
+        return StreamingResponse(self._relay(response, backend, started, retried_from), status_code=response.status_code,
+                                 media_type="text/event-stream", headers=headers)
+
+    async def _relay(self, response: httpx.Response, backend: Backend, started: float, retried_from: str | None):
+        events = EventStream(backend.version, self.routes.model)
+        token_times: list[float] = []
+        ok = response.status_code < 400
+        try:
+            async for data in response.aiter_raw():
+                before = events.token_chunks
+                out = events.feed(data)
+                if events.token_chunks > before:
+                    token_times.append(time.perf_counter())
+                if out:
+                    yield out
+            tail = events.flush()
+            if tail:
+                yield tail
+        except (httpx.HTTPError, asyncio.CancelledError):
+            ok = False  # bytes were already sent: no retry, the client sees the stream end
+            raise
+        finally:
+            await response.aclose()
+            ok = ok and not events.saw_error and bool(token_times)
+            gaps = [b - a for a, b in zip(token_times, token_times[1:])]
+            tokens = events.usage_tokens or len(token_times)
+            ttft = token_times[0] - started if token_times else None
+            e2e = token_times[-1] - started if token_times else None
+            self._done(backend, Observation(time.time(), backend.version, ok, response.status_code if ok else 599, ttft, e2e,
+                                            tokens, (sum(gaps) / len(gaps)) if gaps else None, retried_from), gaps)
+
+    def _done(self, backend: Backend, obs: Observation, gaps: list[float]) -> None:
+        self.in_flight[backend.version] = max(0, self.in_flight.get(backend.version, 1) - 1)
+        self.metrics.in_flight.labels(self.routes.model, backend.version).dec()
+        self.metrics.record(self.routes.model, obs, gaps)
+
+    # ---- admin API ---------------------------------------------------------------------------
+
+    def _admin_error(self, request: Request) -> JSONResponse | None:
+        if request.headers.get("authorization") != f"Bearer {self.admin_token}":
+            return _error(401, "Admin API: pass the gateway's admin token as 'Authorization: Bearer TOKEN'.", "authentication_error")
+        return None
+
+    def _commit(self, table: RouteTable) -> JSONResponse:
+        table = RouteTable.model_validate(table.model_dump())  # model_copy does not validate
+        save_routes(table, self.routes_path)  # persist first: a crash never loses an acknowledged change
+        self.routes = table
+        return self._routes_json()
+
+    def _routes_json(self) -> JSONResponse:
+        payload = self.routes.model_dump() if self.routes else None
+        return JSONResponse({"routes": payload, "in_flight": dict(self.in_flight)})
+
+    async def _admin(self, request: Request, change) -> Response:
+        refused = self._admin_error(request)
+        if refused:
+            return refused
+        try:
+            body = await request.json() if request.method in ("PUT", "POST") and await request.body() else {}
+            return await change(body)
+        except (ValueError, KeyError) as error:
+            return _error(400, str(error))
+
+    async def get_routes(self, request: Request) -> Response:
+        return await self._admin(request, lambda body: _async(self._routes_json()))
+
+    async def put_routes(self, request: Request) -> Response:
+        return await self._admin(request, lambda body: _async(self._commit(RouteTable.model_validate(body))))
+
+    async def set_weights(self, request: Request) -> Response:
+        async def change(body):
+            weights: dict[str, int] = body["weights"]
+            unknown = set(weights) - set(self.routes.backends)
+            if unknown:
+                raise ValueError(f"unknown version(s) {sorted(unknown)}")
+            # Versions not named get no traffic; the table's validation checks the sum is 100.
+            backends = {v: b.model_copy(update={"weight": int(weights.get(v, 0))}) for v, b in self.routes.backends.items()}
+            return self._commit(self.routes.model_copy(update={"backends": backends}))
+        return await self._admin(request, change)
+
+    async def add_backend(self, request: Request) -> Response:
+        async def change(body):
+            backend = Backend.model_validate(body["backend"])
+            if self.routes is None or body.get("model", self.routes.model) != self.routes.model:
+                table = RouteTable(model=body["model"], backends={backend.version: backend.model_copy(update={"weight": 100})})
+            else:
+                table = self.routes.model_copy(update={"backends": {**self.routes.backends, backend.version: backend.model_copy(update={"weight": 0})}})
+            return self._commit(table)
+        return await self._admin(request, change)
+
+    async def drain(self, request: Request) -> Response:
+        version = request.path_params["version"]
+        deadline_s = float(request.query_params.get("deadline_s", "30"))
+
+        async def change(body):
+            backend = self.routes.backends[version]
+            others = [b for b in self.routes.backends.values() if b.version != version and not b.draining]
+            if not others:
+                raise ValueError(f"{version} is the only backend taking traffic; add another before draining it")
+            moved = {**self.routes.backends, version: backend.model_copy(update={"weight": 0, "draining": True})}
+            stable = next((b for b in others if b.role == "stable"), others[0])
+            moved[stable.version] = stable.model_copy(update={"weight": stable.weight + backend.weight})
+            self._commit(self.routes.model_copy(update={"backends": moved}))
+            end = time.monotonic() + deadline_s
+            while self.in_flight.get(version, 0) and time.monotonic() < end:
+                await asyncio.sleep(0.05)
+            return JSONResponse({"drained": self.in_flight.get(version, 0) == 0, "in_flight": self.in_flight.get(version, 0),
+                                 "routes": self.routes.model_dump()})
+        return await self._admin(request, change)
+
+    async def remove_backend(self, request: Request) -> Response:
+        version = request.path_params["version"]
+
+        async def change(body):
+            backend = self.routes.backends[version]
+            if backend.weight:
+                raise ValueError(f"{version} still has weight {backend.weight}; drain it first")
+            backends = {k: v for k, v in self.routes.backends.items() if k != version}
+            return self._commit(self.routes.model_copy(update={"backends": backends}))
+        return await self._admin(request, change)
+
+    async def observations(self, request: Request) -> Response:
+        async def change(body):
+            since = float(request.query_params.get("since", "0"))
+            return JSONResponse([o.__dict__ for o in self.metrics.observations(since)])
+        return await self._admin(request, change)
+
+    async def backend_metrics(self, request: Request) -> Response:
+        version = request.path_params["version"]
+
+        async def change(body):
+            backend = self.routes.backends[version]
+            response = await self.client.get(f"{backend.base_url.removesuffix('/v1')}/metrics")
+            return PlainTextResponse(response.text, status_code=response.status_code, media_type=CONTENT_TYPE_LATEST)
+        return await self._admin(request, change)
+
+
+async def _async(value):
+    return value

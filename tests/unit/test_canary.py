@@ -1,0 +1,101 @@
+"""Canary analysis and the rollout state machine, table-tested without servers."""
+
+import random
+
+import pytest
+
+from fledge.outcome import Check, Outcome
+from fledge.policy import load_policy
+from serving.canary.analysis import CanaryAnalysis, VersionWindow, analyze
+from serving.canary.controller import ActionKind, Phase, RolloutState, advance, decide
+
+POLICY = load_policy().canary  # steps 5/25/50/100, bake 20 s, min 20 samples, 5 inconclusive max
+
+
+def window(version, n, per_token_ms=7.0, errors=0, spread=0.5, seed=0):
+    rng = random.Random(seed)
+    values = [max(0.1, rng.gauss(per_token_ms, spread)) / 1000 for _ in range(n - errors)]
+    return VersionWindow(version=version, requests=n, errors=errors, per_token_latency_s=values,
+                         ttft_s=[v * 3 for v in values])
+
+
+def test_equal_versions_pass():
+    assert analyze(window("s", 60), window("c", 40, seed=1), POLICY).outcome is Outcome.PASS
+
+
+def test_a_slow_canary_fails_with_the_ratio_and_the_test():
+    result = analyze(window("s", 60), window("c", 40, per_token_ms=14.0, seed=1), POLICY)
+    assert result.outcome is Outcome.FAIL
+    assert any("Mann-Whitney" in r and "ratio 2.0" in r for r in result.reasons)
+
+
+def test_a_slightly_slower_canary_within_the_ratio_passes():
+    assert analyze(window("s", 200), window("c", 200, per_token_ms=7.7, seed=1), POLICY).outcome is Outcome.PASS
+
+
+def test_too_little_traffic_is_inconclusive_never_pass():
+    result = analyze(window("s", 60), window("c", 5), POLICY)
+    assert result.outcome is Outcome.INCONCLUSIVE
+    assert "20 of each are needed" in result.reasons[0]
+
+
+def test_canary_errors_fail_at_once_even_with_few_requests():
+    result = analyze(window("s", 60), window("c", 3, errors=3), POLICY)
+    assert result.outcome is Outcome.FAIL
+    assert "3/3 failed" in result.reasons[0]
+
+
+def test_a_single_error_in_many_requests_is_not_a_failure():
+    assert analyze(window("s", 100), window("c", 100, errors=1), POLICY).outcome is Outcome.PASS
+
+
+def analysis(outcome):
+    return CanaryAnalysis.from_checks("canary", [Check(name="x", outcome=outcome, detail=outcome.value)])
+
+
+def state(**kw):
+    return RolloutState(model="m", stable="m/1", canary="m/2", **kw)
+
+
+@pytest.mark.parametrize(
+    "current, result, now, command, expected_kind, expected_weight",
+    [
+        (state(), None, 0, None, ActionKind.SET_WEIGHT, 5),
+        (state(phase=Phase.BAKING, step=0, canary_weight=5, step_started_at=0), analysis(Outcome.PASS), 5, None, ActionKind.WAIT, None),
+        (state(phase=Phase.BAKING, step=0, canary_weight=5, step_started_at=0), analysis(Outcome.PASS), 20, None, ActionKind.SET_WEIGHT, 25),
+        (state(phase=Phase.BAKING, step=2, canary_weight=50, step_started_at=0), analysis(Outcome.PASS), 25, None, ActionKind.SET_WEIGHT, 100),
+        (state(phase=Phase.BAKING, step=3, canary_weight=100, step_started_at=0), analysis(Outcome.PASS), 25, None, ActionKind.PROMOTE, None),
+        (state(phase=Phase.BAKING, step=1, canary_weight=25, step_started_at=0), analysis(Outcome.FAIL), 1, None, ActionKind.ROLLBACK, None),
+        (state(phase=Phase.BAKING, step=1, canary_weight=25, step_started_at=0), analysis(Outcome.INCONCLUSIVE), 30, None, ActionKind.WAIT, None),
+        (state(phase=Phase.BAKING, step=1, canary_weight=25, step_started_at=0, inconclusive_windows=5), analysis(Outcome.INCONCLUSIVE), 30, None, ActionKind.ROLLBACK, None),
+        (state(phase=Phase.BAKING, step=1, canary_weight=25, step_started_at=0), None, 30, None, ActionKind.WAIT, None),
+        (state(phase=Phase.BAKING, step=1, canary_weight=25, step_started_at=0), analysis(Outcome.PASS), 1, "abort", ActionKind.ROLLBACK, None),
+        (state(phase=Phase.BAKING, step=0, canary_weight=5, step_started_at=0), analysis(Outcome.PASS), 1, "promote", ActionKind.PROMOTE, None),
+        (state(phase=Phase.ROLLED_BACK), analysis(Outcome.PASS), 1, "promote", ActionKind.WAIT, None),
+    ],
+    ids=["start", "bake", "step-up", "to-100", "promote", "fail-rolls-back", "inconclusive-waits",
+         "too-many-inconclusive", "no-analysis-waits", "abort", "manual-promote", "terminal-stays"],
+)
+def test_decide(current, result, now, command, expected_kind, expected_weight):
+    action = decide(current, result, POLICY, now, command)
+    assert action.kind is expected_kind
+    assert action.weight == expected_weight
+
+
+def test_advance_records_steps_rollbacks_and_failed_checks():
+    s = advance(state(), decide(state(), None, POLICY, 0), 0)
+    assert (s.phase, s.step, s.canary_weight, s.step_started_at) == (Phase.BAKING, 0, 5, 0)
+    failing = analysis(Outcome.FAIL)
+    s = advance(s, decide(s, failing, POLICY, 3), 3, failing)
+    assert (s.phase, s.canary_weight) == (Phase.ROLLED_BACK, 0)
+    assert s.failed_checks == ["x: fail"]
+    assert [h.action for h in s.history] == [ActionKind.SET_WEIGHT, ActionKind.ROLLBACK]
+
+
+def test_inconclusive_windows_are_counted_and_reset_by_a_pass():
+    s = state(phase=Phase.BAKING, step=0, canary_weight=5, step_started_at=0)
+    for _ in range(3):
+        s = advance(s, decide(s, analysis(Outcome.INCONCLUSIVE), POLICY, 1), 1, analysis(Outcome.INCONCLUSIVE))
+    assert s.inconclusive_windows == 3
+    s = advance(s, decide(s, analysis(Outcome.PASS), POLICY, 2), 2, analysis(Outcome.PASS))
+    assert s.inconclusive_windows == 0
