@@ -21,6 +21,7 @@ def quiet_libraries() -> None:
 def open_registry(home: FledgeHome | None = None):
     from registry.store import ModelRegistry
 
+    quiet_libraries()
     home = (home or FledgeHome.from_env()).ensure()
     return ModelRegistry(home.tracking_uri, home.registry_uri, artifact_root=home.artifacts)
 

@@ -40,7 +40,6 @@ def vllm_server_args(config: ServerConfig, model_path: str, port: int) -> list[s
         "--max-model-len", str(config.max_model_len),
         "--max-num-seqs", str(config.max_num_seqs),
         "--seed", str(config.seed),
-        "--disable-log-stats",
         # lm-eval's remote tokenizer reads it, so evaluations tokenize exactly as the server does.
         "--enable-tokenizer-info-endpoint",
     ]

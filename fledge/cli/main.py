@@ -134,27 +134,12 @@ def serve(
 
     Example: `fledge serve tiny-llama@champion --port 8000`
     """
-    from serving.config import ServerConfig
-    from serving.engine import supported_architectures
-
     home = FledgeHome.from_env().ensure()
-    registry = open_registry(home)
-    version = registry.resolve(ref)
-    with console.status(f"Materializing {version.ref} and verifying checksums..."):
-        model_dir = registry.materialize(version.ref, home.checkpoints, supported_architectures())
-    config = ServerConfig(model_dir=model_dir, served_model_name=version.ref, port=port, cpu_cores=cores)
-    with console.status(f"Starting vLLM for {version.ref} (about 75 s on CPU)..."):
-        handle = local_launcher(home).start(config)
+    version, handle = _serve_version(open_registry(home), home, ref, cores, port)
     console.print(f"Serving [bold]{version.ref}[/] at [bold]{handle.base_url}[/] (model name '{version.ref}'); "
                   f"log: {handle.log_path}. Ctrl-C stops it.", highlight=False)
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
-        while handle.is_running():
-            time.sleep(1)
-        console.print(f"[red]vLLM exited on its own; see {handle.log_path}[/]")
-        raise typer.Exit(1)
-    except KeyboardInterrupt:
-        console.print("Stopping vLLM...")
+        _wait_for_ctrl_c([handle])
     finally:
         handle.stop()
     console.print("Stopped.")
@@ -258,15 +243,18 @@ def _print_verdict(verdict) -> None:
     console.print(table)
 
 
-def _serve_version(registry, home, ref: str, cores: Optional[str] = None):
+def _serve_version(registry, home, ref: str, cores: Optional[str] = None, port: Optional[int] = None):
+    """Resolve, materialize (verifying every checksum) and serve a version with the policy's
+    serving settings."""
     from fledge.evaluate import server_config
     from fledge.policy import load_policy
     from serving.engine import supported_architectures
 
     version = registry.resolve(ref)
     model_dir = registry.materialize(version.ref, home.checkpoints, supported_architectures())
+    config = server_config(load_policy(), model_dir, version.ref, cores).model_copy(update={"port": port})
     with console.status(f"Starting vLLM for {version.ref} (about a minute)..."):
-        handle = local_launcher(home).start(server_config(load_policy(), model_dir, version.ref, cores))
+        handle = local_launcher(home).start(config)
     return version, handle
 
 

@@ -11,6 +11,7 @@ limits. Routes persist in FLEDGE_HOME.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import time
@@ -97,15 +98,15 @@ class Gateway:
                 Route("/admin/observations", self.observations, methods=["GET"]),
                 Route("/admin/backend-metrics/{version:path}", self.backend_metrics, methods=["GET"]),
             ],
-            on_startup=[self._open],
-            on_shutdown=[self._close],
+            lifespan=self._lifespan,
         )
 
-    async def _open(self) -> None:
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, app):
         self.client = httpx.AsyncClient(timeout=self.timeout, limits=httpx.Limits(max_connections=200))
-
-    async def _close(self) -> None:
-        if self.client is not None:
+        try:
+            yield
+        finally:
             await self.client.aclose()
 
     # ---- client API ------------------------------------------------------------------------

@@ -1,0 +1,98 @@
+"""The gateway over real HTTP on loopback, without model servers: admin API, auth, refusals,
+and the retry path when a backend refuses connections."""
+
+from __future__ import annotations
+
+import socket
+
+import httpx
+import pytest
+
+from serving.gateway.client import GatewayAdmin, GatewayAdminError
+from serving.gateway.routes import Backend
+from serving.gateway.server import BackgroundGateway, build_gateway
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]  # closed again when this returns: connections are refused
+
+
+@pytest.fixture()
+def gateway(tmp_path):
+    with BackgroundGateway(build_gateway(tmp_path)) as server:
+        yield server, GatewayAdmin(server.url, (tmp_path / "gateway-admin-token").read_text()), tmp_path
+
+
+def test_without_routes_the_gateway_is_not_ready_and_says_why(gateway):
+    server, _, _ = gateway
+    assert httpx.get(f"{server.url}/health").status_code == 503
+    response = httpx.post(f"{server.url}/v1/completions", json={"model": "m", "prompt": "hi"})
+    assert response.status_code == 503 and "admin API" in response.json()["error"]["message"]
+
+
+def test_the_admin_api_needs_its_token(gateway):
+    server, _, _ = gateway
+    assert httpx.get(f"{server.url}/admin/routes").status_code == 401
+    assert httpx.get(f"{server.url}/admin/routes", headers={"authorization": "Bearer nope"}).status_code == 401
+
+
+def test_weights_are_validated_and_persisted(gateway):
+    server, admin, state = gateway
+    admin.add_backend("m", Backend(version="m/1", base_url="http://127.0.0.1:1/v1", role="stable"))
+    admin.add_backend("m", Backend(version="m/2", base_url="http://127.0.0.1:2/v1", role="canary"))
+    assert {v: b.weight for v, b in admin.routes().backends.items()} == {"m/1": 100, "m/2": 0}
+    with pytest.raises(GatewayAdminError, match="add up to 100"):
+        admin.set_weights({"m/1": 90, "m/2": 20})
+    with pytest.raises(GatewayAdminError, match="unknown version"):
+        admin.set_weights({"m/9": 100})
+    admin.set_weights({"m/1": 75, "m/2": 25})
+    assert '"weight": 25' in (state / "gateway-routes.json").read_text()
+    with pytest.raises(GatewayAdminError, match="drain it first"):
+        admin.remove_backend("m/2")
+
+
+def test_a_wrong_model_name_is_a_404_naming_the_right_one(gateway):
+    server, admin, _ = gateway
+    admin.add_backend("m", Backend(version="m/1", base_url="http://127.0.0.1:1/v1", role="stable"))
+    response = httpx.post(f"{server.url}/v1/completions", json={"model": "other", "prompt": "hi"})
+    assert response.status_code == 404 and "'m'" in response.json()["error"]["message"]
+
+
+def test_when_every_backend_refuses_the_client_gets_a_502_naming_them(gateway):
+    server, admin, _ = gateway
+    admin.add_backend("m", Backend(version="m/1", base_url=f"http://127.0.0.1:{closed_port()}/v1", role="stable"))
+    admin.add_backend("m", Backend(version="m/2", base_url=f"http://127.0.0.1:{closed_port()}/v1", role="canary"))
+    admin.set_weights({"m/1": 0, "m/2": 100})
+    response = httpx.post(f"{server.url}/v1/completions", json={"model": "m", "prompt": "hi"}, timeout=30)
+    assert response.status_code == 502
+    assert "m/2 and m/1 failed" in response.json()["error"]["message"]
+    metrics = httpx.get(f"{server.url}/metrics").text
+    assert 'fledge_gateway_retries_total{model="m",reason="ConnectError",version="m/2"} 1.0' in metrics
+
+
+def test_a_restarted_driver_restores_the_saved_split_then_rolls_back_without_data(gateway):
+    """The driver died at 25 %; meanwhile someone set 60/40 by hand. Resuming re-applies the
+    saved 25 % first; with no traffic every window is inconclusive, and after the policy's
+    limit the canary is rolled back: no data is never a pass."""
+    from fledge.policy import load_policy
+    from serving.canary.controller import Phase, RolloutState
+    from serving.canary.driver import RolloutDriver, save_state
+
+    server, admin, state_dir = gateway
+    admin.add_backend("m", Backend(version="m/1", base_url="http://127.0.0.1:1/v1", role="stable"))
+    admin.add_backend("m", Backend(version="m/2", base_url="http://127.0.0.1:2/v1", role="canary"))
+    admin.set_weights({"m/1": 60, "m/2": 40})
+    policy = load_policy().canary.model_copy(update={"analysis_interval_seconds": 0.01, "max_inconclusive_windows": 3})
+    path = state_dir / "rollout.json"
+    save_state(RolloutState(model="m", stable="m/1", canary="m/2", phase=Phase.BAKING, step=1, canary_weight=25,
+                            step_started_at=0.0), path)
+    weights_seen = []
+    driver = RolloutDriver(admin, policy, path,
+                           on_tick=lambda *_: weights_seen.append(admin.routes().backends["m/2"].weight))
+    final = driver.resume()
+    assert weights_seen[0] == 25
+    assert final.phase is Phase.ROLLED_BACK
+    assert "no data is never a pass" in final.history[-1].reason
+    assert {v: b.weight for v, b in admin.routes().backends.items()} == {"m/1": 100, "m/2": 0}
