@@ -23,8 +23,14 @@ def agreement_gate(policy: QuantizationPolicy, report: AgreementReport) -> GateR
             outcome=Outcome.PASS if report.logprob_mae <= policy.max_logprob_mae else Outcome.FAIL,
             measured=report.logprob_mae,
             limit=policy.max_logprob_mae,
-            detail=f"mean |difference| {report.logprob_mae:.4f} nats (max {report.logprob_max_abs:.3f}) over "
-            f"{report.positions} prompt tokens",
+            detail=f"mean |difference| {report.logprob_mae:.4f} nats over {report.positions} prompt tokens",
+        ),
+        Check(
+            name="largest log-probability error",
+            outcome=Outcome.PASS if report.logprob_max_abs <= policy.max_logprob_max_abs else Outcome.FAIL,
+            measured=report.logprob_max_abs,
+            limit=policy.max_logprob_max_abs,
+            detail=f"max |difference| {report.logprob_max_abs:.3f} nats",
         ),
     ]
     if report.prompts == 0:

@@ -56,7 +56,8 @@ class QuantizationPolicy(_Strict):
     min_logprob_agreement: float = Field(
         ge=0, le=1, description="Share of prompts whose next-token top-1 agrees with the source."
     )
-    max_logprob_mae: float = Field(ge=0, description="Mean absolute next-token log-probability difference.")
+    max_logprob_mae: float = Field(ge=0, description="Mean absolute prompt-token log-probability difference (nats).")
+    max_logprob_max_abs: float = Field(ge=0, description="Largest single prompt-token log-probability difference (nats).")
 
 
 class CanaryPolicy(_Strict):

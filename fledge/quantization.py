@@ -10,6 +10,8 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Callable
 
+from mlflow.entities import Param
+
 from evals.agreement import AgreementReport, measure_agreement
 from evals.datasets import read_prompts
 from evals.endpoint import Endpoint
@@ -112,7 +114,8 @@ def gate_quantized(
     source, version = quantized.source, quantized.version
     run_id = start_run(registry.client, f"quantization-gate-{version.ref}", home.artifacts,
                        {"fledge.kind": "quantization-gate", "fledge.source": source.ref, "fledge.quantized": version.ref})
-    registry.client.log_params(run_id, {"policy_hash": policy.content_hash, **version.tags})
+    params = {"policy_hash": policy.content_hash, **version.tags}
+    registry.client.log_batch(run_id, params=[Param(key, str(value)) for key, value in params.items()])
     with ExitStack() as servers:
         if served is None:
             launcher = local_launcher(home)
