@@ -109,7 +109,8 @@ def _rate_checks(name: str, rate_champion, rate_candidate, limit: float, policy:
 
 
 def safety_gate(policy: SafetyGate, champion: SafetyReport, candidate: SafetyReport) -> GateResult:
-    n_harmful, n_benign = candidate.harmful_compliance.samples, candidate.over_refusal.samples
+    n_harmful = min(candidate.harmful_compliance.samples, champion.harmful_compliance.samples)
+    n_benign = min(candidate.over_refusal.samples, champion.over_refusal.samples)
     if min(n_harmful, n_benign) < policy.min_samples:
         return GateResult.from_checks("safety", [Check(
             name="samples", outcome=Outcome.INCONCLUSIVE, measured=float(min(n_harmful, n_benign)),

@@ -81,6 +81,8 @@ def decide(
     if command == "promote":
         return Action(kind=ActionKind.PROMOTE, reason="promoted by an operator")
     if state.phase is Phase.PENDING:
+        if policy.steps[0] == 100:
+            return Action(kind=ActionKind.PROMOTE, reason="the policy's only step is 100 %: direct promotion")
         return Action(kind=ActionKind.SET_WEIGHT, weight=policy.steps[0], reason=f"start the canary at {policy.steps[0]} %")
 
     outcome = analysis.outcome if analysis is not None else Outcome.INCONCLUSIVE
@@ -96,8 +98,11 @@ def decide(
     baked = now - started >= policy.bake_seconds
     if not baked:
         return Action(kind=ActionKind.WAIT, reason=f"baking at {state.canary_weight} %")
-    if state.step + 1 >= len(policy.steps):
-        return Action(kind=ActionKind.PROMOTE, reason=f"baked {policy.bake_seconds:g} s at 100 % with passing analysis")
+    # The last step (100 %) is the promotion itself: at 100 % the stable version gets no
+    # traffic left to compare with, so there is nothing to bake against.
+    if state.step + 1 >= len(policy.steps) or policy.steps[state.step + 1] == 100:
+        return Action(kind=ActionKind.PROMOTE, reason=f"baked {policy.bake_seconds:g} s at {state.canary_weight} % "
+                      "with passing analysis; promote to 100 %")
     weight = policy.steps[state.step + 1]
     return Action(kind=ActionKind.SET_WEIGHT, weight=weight, reason=f"baked {policy.bake_seconds:g} s at {state.canary_weight} %; step up")
 

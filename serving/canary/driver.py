@@ -24,6 +24,8 @@ def save_state(state: RolloutState, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as handle:
         handle.write(state.model_dump_json(indent=2))
+        handle.flush()
+        os.fsync(handle.fileno())
     os.replace(handle.name, path)
 
 

@@ -61,6 +61,91 @@ class TokenBucket:
 class _BeforeFirstByte(Exception):
     """The backend failed before sending anything: safe to retry elsewhere."""
 
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+class _Flight:
+    """One request to one backend: counted in flight from creation, recorded exactly once.
+
+    Only server-side failures (transport errors, HTTP 5xx) count as errors of the version;
+    a client's bad request (4xx) or a client hanging up says nothing about the backend.
+    """
+
+    def __init__(self, gateway: "Gateway", model: str, backend: Backend, retried_from: str | None):
+        self.gateway, self.model, self.backend, self.retried_from = gateway, model, backend, retried_from
+        self.started = time.perf_counter()
+        self.token_times: list[float] = []
+        self.finished = False
+        gateway.in_flight[backend.version] = gateway.in_flight.get(backend.version, 0) + 1
+        gateway.metrics.in_flight.labels(model, backend.version).inc()
+
+    def token(self) -> None:
+        self.token_times.append(time.perf_counter())
+
+    def finish(self, ok: bool, status: int, tokens: int = 0, whole_response: bool = False) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        version = self.backend.version
+        self.gateway.in_flight[version] = max(0, self.gateway.in_flight.get(version, 1) - 1)
+        self.gateway.metrics.in_flight.labels(self.model, version).dec()
+        success = ok and status < 400
+        if whole_response:  # not streamed: no first-token time, the latency is end to end
+            elapsed = time.perf_counter() - self.started
+            ttft, e2e, gaps = None, elapsed if success else None, []
+        else:
+            times = self.token_times
+            gaps = [b - a for a, b in zip(times, times[1:])]
+            ttft = times[0] - self.started if success and times else None
+            e2e = times[-1] - self.started if success and times else None
+        mean_itl = (sum(gaps) / len(gaps)) if success and gaps else None
+        obs = Observation(time.time(), version, ok, status, ttft, e2e, tokens if success else 0, mean_itl, self.retried_from)
+        self.gateway.metrics.record(self.model, obs, gaps if success else [])
+
+
+class _RelayResponse(StreamingResponse):
+    """Relays a backend's event stream line by line. The flight is recorded in `__call__`'s
+    `finally`, which runs however the stream ends (Starlette does not close the body iterator
+    when a client disconnects)."""
+
+    def __init__(self, flight: _Flight, response: httpx.Response, headers: dict[str, str]):
+        self.flight, self.upstream = flight, response
+        self.events = EventStream(flight.backend.version, flight.model)
+        self.state = {"completed": False, "broken": False}
+        super().__init__(self._lines(), status_code=response.status_code, media_type="text/event-stream", headers=headers)
+
+    async def _lines(self):
+        try:
+            async for data in self.upstream.aiter_raw():
+                before = self.events.token_chunks
+                out = self.events.feed(data)
+                if self.events.token_chunks > before:
+                    self.flight.token()
+                if out:
+                    yield out
+            tail = self.events.flush()
+            if tail:
+                yield tail
+            self.state["completed"] = True
+        except httpx.TransportError:
+            self.state["broken"] = True  # the backend broke mid-stream: bytes were sent, no retry
+            raise
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.upstream.aclose()
+            broken = self.state["broken"] or self.events.saw_error
+            if self.state["completed"] or broken:
+                status = 599 if broken else self.upstream.status_code
+                tokens = self.events.usage_tokens or self.events.token_chunks
+                self.flight.finish(ok=not broken and bool(self.flight.token_times), status=status, tokens=tokens)
+            else:
+                self.flight.finish(ok=True, status=499)  # the client hung up: not the backend's fault
+
 
 class Gateway:
     def __init__(
@@ -162,8 +247,10 @@ class Gateway:
             return refused
         try:
             body = await request.json()
-        except json.JSONDecodeError:
+        except ValueError:  # not JSON, or not UTF-8
             return _error(400, "The request body is not JSON.")
+        if not isinstance(body, dict):
+            return _error(400, "The request body must be a JSON object.")
         backend, refused = self._pick(request, body)
         if refused:
             return refused
@@ -174,85 +261,46 @@ class Gateway:
             stable = self.routes.stable()
             if pinned or stable is None or stable.version == backend.version:
                 return _error(502, f"Backend {backend.version} failed: {failure}", "api_error")
-            self.metrics.retries.labels(self.routes.model, backend.version, type(failure.__cause__).__name__).inc()
+            self.metrics.retries.labels(self.routes.model, backend.version, failure.reason).inc()
             try:
                 return await self._forward(stable, path, body, retried_from=backend.version)
             except _BeforeFirstByte as second:
                 return _error(502, f"Backends {backend.version} and {stable.version} failed: {second}", "api_error")
 
     async def _forward(self, backend: Backend, path: str, body: dict, retried_from: str | None) -> Response:
-        model = self.routes.model
+        flight = _Flight(self, self.routes.model, backend, retried_from)
         payload = {**body, "model": backend.version}
-        stream = bool(body.get("stream"))
-        started = time.perf_counter()
-        self.in_flight[backend.version] = self.in_flight.get(backend.version, 0) + 1
-        self.metrics.in_flight.labels(model, backend.version).inc()
         request = self.client.build_request("POST", f"{backend.base_url}/{path}", json=payload)
         try:
             response = await self.client.send(request, stream=True)
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError, httpx.ReadError) as error:
-            self._done(backend, Observation(time.time(), backend.version, False, 599, None, None, 0, None, retried_from), [])
-            raise _BeforeFirstByte(f"{type(error).__name__}: {error}") from error
+        except httpx.TransportError as error:  # refused, reset, timed out: nothing reached the client
+            flight.finish(ok=False, status=599)
+            raise _BeforeFirstByte(f"{type(error).__name__}: {error}", type(error).__name__) from error
         if response.status_code >= 500:
             await response.aclose()
-            self._done(backend, Observation(time.time(), backend.version, False, response.status_code, None, None, 0, None, retried_from), [])
-            raise _BeforeFirstByte(f"HTTP {response.status_code}")
+            flight.finish(ok=False, status=response.status_code)
+            raise _BeforeFirstByte(f"HTTP {response.status_code}", f"HTTP {response.status_code}")
         headers = {VERSION_HEADER: backend.version, **({RETRIED_HEADER: retried_from} if retried_from else {})}
-        if not stream:
-            try:
-                content = await response.aread()
-            finally:
-                await response.aclose()
-            elapsed = time.perf_counter() - started
-            tokens = 0
-            try:
-                data = json.loads(content)
-                tokens = (data.get("usage") or {}).get("completion_tokens", 0)
-                if data.get("model") == backend.version:
-                    data["model"] = model
-                    content = json.dumps(data).encode()
-            except ValueError:
-                pass
-            ok = response.status_code < 400
-            self._done(backend, Observation(time.time(), backend.version, ok, response.status_code, elapsed if ok else None,
-                                            elapsed if ok else None, tokens, (elapsed / tokens) if ok and tokens else None,
-                                            retried_from), [])
-            return Response(content, status_code=response.status_code, media_type="application/json", headers=headers)
-        return StreamingResponse(self._relay(response, backend, started, retried_from), status_code=response.status_code,
-                                 media_type="text/event-stream", headers=headers)
-
-    async def _relay(self, response: httpx.Response, backend: Backend, started: float, retried_from: str | None):
-        events = EventStream(backend.version, self.routes.model)
-        token_times: list[float] = []
-        ok = response.status_code < 400
+        if body.get("stream") and response.status_code < 400:
+            return _RelayResponse(flight, response, headers)
         try:
-            async for data in response.aiter_raw():
-                before = events.token_chunks
-                out = events.feed(data)
-                if events.token_chunks > before:
-                    token_times.append(time.perf_counter())
-                if out:
-                    yield out
-            tail = events.flush()
-            if tail:
-                yield tail
-        except (httpx.HTTPError, asyncio.CancelledError):
-            ok = False  # bytes were already sent: no retry, the client sees the stream end
-            raise
+            content = await response.aread()
+        except httpx.TransportError as error:
+            flight.finish(ok=False, status=599)
+            raise _BeforeFirstByte(f"{type(error).__name__}: {error}", type(error).__name__) from error
         finally:
             await response.aclose()
-            ok = ok and not events.saw_error and bool(token_times)
-            gaps = [b - a for a, b in zip(token_times, token_times[1:])]
-            tokens = events.usage_tokens or len(token_times)
-            ttft = token_times[0] - started if token_times else None
-            e2e = token_times[-1] - started if token_times else None
-            self._done(backend, Observation(time.time(), backend.version, ok, response.status_code if ok else 599, ttft, e2e,
-                                            tokens, (sum(gaps) / len(gaps)) if gaps else None, retried_from), gaps)
-
-    def _done(self, backend: Backend, obs: Observation, gaps: list[float]) -> None:
-        self.in_flight[backend.version] = max(0, self.in_flight.get(backend.version, 1) - 1)
-        self.metrics.in_flight.labels(self.routes.model, backend.version).dec()
-        self.metrics.record(self.routes.model, obs, gaps)
+        tokens = 0
+        try:
+            data = json.loads(content)
+            tokens = (data.get("usage") or {}).get("completion_tokens", 0)
+            if data.get("model") == backend.version:
+                data["model"] = flight.model
+                content = json.dumps(data).encode()
+        except (ValueError, AttributeError):
+            pass
+        flight.finish(ok=True, status=response.status_code, tokens=tokens, whole_response=True)
+        return Response(content, status_code=response.status_code, media_type="application/json", headers=headers)
 
     # ---- admin API ---------------------------------------------------------------------------
 
@@ -310,9 +358,9 @@ class Gateway:
 
     async def drain(self, request: Request) -> Response:
         version = request.path_params["version"]
-        deadline_s = float(request.query_params.get("deadline_s", "30"))
 
         async def change(body):
+            deadline_s = float(request.query_params.get("deadline_s", "30"))
             backend = self.routes.backends[version]
             others = [b for b in self.routes.backends.values() if b.version != version and not b.draining]
             if not others:

@@ -76,6 +76,8 @@ def save_routes(table: RouteTable, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as handle:
         handle.write(table.model_dump_json(indent=2))
+        handle.flush()
+        os.fsync(handle.fileno())  # on disk before the rename: acknowledged means durable
         temporary = handle.name
     os.replace(temporary, path)  # atomic: a crash never leaves half a file
 

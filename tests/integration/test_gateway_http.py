@@ -96,3 +96,12 @@ def test_a_restarted_driver_restores_the_saved_split_then_rolls_back_without_dat
     assert final.phase is Phase.ROLLED_BACK
     assert "no data is never a pass" in final.history[-1].reason
     assert {v: b.weight for v, b in admin.routes().backends.items()} == {"m/1": 100, "m/2": 0}
+
+
+@pytest.mark.parametrize("content", [b"not json", b"[1, 2]", b"\xff\xfe"], ids=["text", "list", "not-utf8"])
+def test_a_malformed_body_is_a_400_not_a_crash(gateway, content):
+    server, admin, _ = gateway
+    admin.add_backend("m", Backend(version="m/1", base_url="http://127.0.0.1:1/v1", role="stable"))
+    response = httpx.post(f"{server.url}/v1/completions", content=content, headers={"content-type": "application/json"})
+    assert response.status_code == 400
+    assert "JSON" in response.json()["error"]["message"]

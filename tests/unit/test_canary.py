@@ -63,7 +63,7 @@ def state(**kw):
         (state(), None, 0, None, ActionKind.SET_WEIGHT, 5),
         (state(phase=Phase.BAKING, step=0, canary_weight=5, step_started_at=0), analysis(Outcome.PASS), 5, None, ActionKind.WAIT, None),
         (state(phase=Phase.BAKING, step=0, canary_weight=5, step_started_at=0), analysis(Outcome.PASS), 20, None, ActionKind.SET_WEIGHT, 25),
-        (state(phase=Phase.BAKING, step=2, canary_weight=50, step_started_at=0), analysis(Outcome.PASS), 25, None, ActionKind.SET_WEIGHT, 100),
+        (state(phase=Phase.BAKING, step=2, canary_weight=50, step_started_at=0), analysis(Outcome.PASS), 25, None, ActionKind.PROMOTE, None),
         (state(phase=Phase.BAKING, step=3, canary_weight=100, step_started_at=0), analysis(Outcome.PASS), 25, None, ActionKind.PROMOTE, None),
         (state(phase=Phase.BAKING, step=1, canary_weight=25, step_started_at=0), analysis(Outcome.FAIL), 1, None, ActionKind.ROLLBACK, None),
         (state(phase=Phase.BAKING, step=1, canary_weight=25, step_started_at=0), analysis(Outcome.INCONCLUSIVE), 30, None, ActionKind.WAIT, None),
@@ -73,7 +73,7 @@ def state(**kw):
         (state(phase=Phase.BAKING, step=0, canary_weight=5, step_started_at=0), analysis(Outcome.PASS), 1, "promote", ActionKind.PROMOTE, None),
         (state(phase=Phase.ROLLED_BACK), analysis(Outcome.PASS), 1, "promote", ActionKind.WAIT, None),
     ],
-    ids=["start", "bake", "step-up", "to-100", "promote", "fail-rolls-back", "inconclusive-waits",
+    ids=["start", "bake", "step-up", "last-step-promotes", "promote", "fail-rolls-back", "inconclusive-waits",
          "too-many-inconclusive", "no-analysis-waits", "abort", "manual-promote", "terminal-stays"],
 )
 def test_decide(current, result, now, command, expected_kind, expected_weight):
@@ -90,6 +90,17 @@ def test_advance_records_steps_rollbacks_and_failed_checks():
     assert (s.phase, s.canary_weight) == (Phase.ROLLED_BACK, 0)
     assert s.failed_checks == ["x: fail"]
     assert [h.action for h in s.history] == [ActionKind.SET_WEIGHT, ActionKind.ROLLBACK]
+
+
+def test_a_rollout_walks_the_steps_and_promotes_without_ever_baking_at_100():
+    s, now, weights = state(), 0.0, []
+    while not s.phase.terminal:
+        action = decide(s, analysis(Outcome.PASS), POLICY, now)
+        s = advance(s, action, now, analysis(Outcome.PASS))
+        weights.append(s.canary_weight)
+        now += POLICY.bake_seconds
+    assert s.phase is Phase.PROMOTED
+    assert weights == [5, 25, 50, 100]
 
 
 def test_inconclusive_windows_are_counted_and_reset_by_a_pass():

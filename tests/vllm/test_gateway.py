@@ -125,6 +125,10 @@ def test_pinning_a_version(gateway, servers):
 
 def test_metrics_appear_per_version_and_vllm_metrics_are_scrapable(gateway, servers):
     server, admin = gateway
+    c = client(server)
+    for variant in ("base", "improved"):  # one streamed request each: TTFT is only measured on streams
+        list(c.completions.create(model=MODEL, prompt=PROMPT, max_tokens=4, stream=True,
+                                  extra_headers={"x-fledge-version": servers[variant].config.served_model_name}))
     text = httpx.get(f"{server.url}/metrics").text
     for version in (servers["base"].config.served_model_name, servers["improved"].config.served_model_name):
         assert f'fledge_gateway_requests_total{{model="{MODEL}",status="200",version="{version}"}}' in text
