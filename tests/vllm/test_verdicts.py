@@ -17,7 +17,7 @@ from fledge.evaluate import evaluate, server_config
 from fledge.home import FledgeHome
 from fledge.policy import load_policy
 
-pytestmark = [pytest.mark.vllm, pytest.mark.zoo]
+pytestmark = [pytest.mark.vllm, pytest.mark.zoo, pytest.mark.e2e]
 
 MODEL = "verdict-zoo"
 POLICY = load_policy()
