@@ -32,7 +32,7 @@ from serving.launcher import LocalLauncher  # noqa: E402
 
 
 def compare(champion_dir: Path, candidate_dir: Path, label: str, trials: int, policy, launcher) -> dict:
-    cores = core_plan(2)
+    cores = core_plan(2, comparing_speed=True)
     prompts = read_prompts(["arithmetic", "capitals"])
     with launcher.start(server_config(policy, champion_dir, f"{label}-champion/1", cores[0])) as a, \
          launcher.start(server_config(policy, candidate_dir, f"{label}-candidate/1", cores[1])) as b:

@@ -119,7 +119,7 @@ def gate_quantized(
     with ExitStack() as servers:
         if served is None:
             launcher = local_launcher(home)
-            cores = core_plan(2)
+            cores = core_plan(2, comparing_speed=True)  # it reports a speed ratio
             endpoints = {}
             for (role, v), core in zip((("source", source), ("quantized", version)), cores):
                 handle = launcher.start(server_config(policy, registry.materialize(v.ref, home.checkpoints), v.ref, core))

@@ -41,14 +41,15 @@ def home(session_home):
 @pytest.fixture(scope="module")
 def champion(versions, registry, launcher, home):
     model_dir = registry.materialize(versions["base"], home.checkpoints)
-    handle = launcher.start(server_config(POLICY, model_dir, versions["base"], "0"))
+    # Unpinned, like `evaluate` when it compares speed (see fledge.evaluate.core_plan).
+    handle = launcher.start(server_config(POLICY, model_dir, versions["base"], None))
     yield Endpoint(handle.base_url, versions["base"])
     handle.stop()
 
 
 def evaluate_served(variant, suites, versions, registry, launcher, home, champion):
     model_dir = registry.materialize(versions[variant], home.checkpoints)
-    with launcher.start(server_config(POLICY, model_dir, versions[variant], "1")) as handle:
+    with launcher.start(server_config(POLICY, model_dir, versions[variant], None)) as handle:
         result = evaluate(
             versions[variant], f"{MODEL}@champion", suites, POLICY, home=home, registry=registry, log=print,
             served={"champion": champion, "candidate": Endpoint(handle.base_url, versions[variant])},
