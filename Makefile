@@ -9,7 +9,7 @@ setup:
 	@bash scripts/setup.sh
 
 demo: setup
-	$(PYTHON_VENV) -m fledge.cli.main demo
+	.venv/bin/fledge demo
 
 test: setup
 	@bash scripts/test.sh $(PYTEST_ARGS)
@@ -19,7 +19,7 @@ test-fast: setup
 	@bash scripts/test.sh -m "not vllm and not zoo and not e2e" $(PYTEST_ARGS)
 
 zoo: setup
-	$(PYTHON_VENV) -m fledge.cli.main zoo build
+	.venv/bin/fledge zoo build
 
 clean:
 	rm -rf .fledge .pytest_cache

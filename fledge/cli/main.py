@@ -393,3 +393,7 @@ def demo(
 
 def main() -> None:  # pragma: no cover - console-script entry
     app()
+
+
+if __name__ == "__main__":  # `python -m fledge.cli.main`, as the Makefile runs it
+    main()

@@ -85,3 +85,12 @@ def test_eval_with_an_unknown_suite_exits_2(fledge_home):
     result = fledge("eval", "tiny-llama/1", "--suite", "vibes")
     assert result.exit_code == 2
     assert "--suite must be one of" in result.output
+
+
+def test_the_module_entry_point_runs_the_cli():
+    """`python -m fledge.cli.main` must run the app (it once imported it and did nothing)."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "fledge.cli.main", "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "zoo" in result.stdout and "register" in result.stdout
