@@ -29,9 +29,9 @@ from serving.gateway.metrics import GatewayMetrics, Observation
 from serving.gateway.routes import Backend, RouteTable, load_routes, save_routes
 from serving.gateway.sse import EventStream
 
-PIN_HEADER = "x-fledge-version"
-SESSION_HEADER = "x-session-id"
+# Requests may pin a version with it; every response names the version that served it.
 VERSION_HEADER = "x-fledge-version"
+SESSION_HEADER = "x-session-id"
 RETRIED_HEADER = "x-fledge-retried-from"
 
 
@@ -229,7 +229,7 @@ class Gateway:
             return None, _error(503, "The gateway has no routes yet; add backends through the admin API.", "service_unavailable")
         if body.get("model") not in (None, routes.model):
             return None, _error(404, f"The model '{body.get('model')}' does not exist here; use '{routes.model}'.", "not_found_error")
-        pinned = request.headers.get(PIN_HEADER)
+        pinned = request.headers.get(VERSION_HEADER)
         if pinned:
             backend = routes.backends.get(pinned)
             if backend is None or backend.draining:
@@ -254,7 +254,7 @@ class Gateway:
         backend, refused = self._pick(request, body)
         if refused:
             return refused
-        pinned = PIN_HEADER in request.headers
+        pinned = VERSION_HEADER in request.headers
         try:
             return await self._forward(backend, path, body, retried_from=None)
         except _BeforeFirstByte as failure:

@@ -4,7 +4,6 @@ analysis (the analysis needs per-request values, which histograms do not keep)."
 from __future__ import annotations
 
 import threading
-import time
 from collections import deque
 from dataclasses import dataclass
 
@@ -65,6 +64,3 @@ class GatewayMetrics:
         with self._lock:
             return [o for o in self._observations if o.at >= since]
 
-
-def now() -> float:
-    return time.time()
