@@ -57,7 +57,10 @@ def run_benchmark(
     prompts: list[str],
     policy: PerformanceGate,
     log: Callable[[str], None] = lambda _: None,
+    first_block: int = 0,
 ) -> PerformanceReport:
+    """`first_block` continues an earlier run's numbering (its prompts and A/B order) so that
+    both reports' records can be pooled."""
     if len(prompts) < policy.requests_per_block:
         raise ValueError(f"need {policy.requests_per_block} prompts per block, got {len(prompts)}")
     clients = {
@@ -71,7 +74,7 @@ def run_benchmark(
     records: list[RequestRecord] = []
     busy = {"champion": 0.0, "candidate": 0.0}
     started = time.perf_counter()
-    for block in range(policy.blocks):
+    for block in range(first_block, first_block + policy.blocks):
         block_prompts = [prompts[(block * policy.requests_per_block + i) % len(prompts)] for i in range(policy.requests_per_block)]
         order = ("champion", "candidate") if block % 2 == 0 else ("candidate", "champion")
         for role in order:
@@ -81,7 +84,7 @@ def run_benchmark(
                 result = measure_request(client, endpoint, prompt, policy.max_tokens)
                 records.append(RequestRecord(endpoint=role, block=block, prompt_index=index, **result))
             busy[role] += time.perf_counter() - block_start
-        log(f"performance block {block + 1}/{policy.blocks} done")
+        log(f"performance block {block + 1}/{first_block + policy.blocks} done")
     tokens = {role: sum(r.output_tokens for r in records if r.endpoint == role and r.ok) for role in busy}
     return PerformanceReport(
         champion_ref=champion.model,
@@ -90,3 +93,18 @@ def run_benchmark(
         wall_seconds=time.perf_counter() - started,
         throughput_tokens_per_s={role: tokens[role] / busy[role] if busy[role] else 0.0 for role in busy},
     )
+
+
+def pooled(first: PerformanceReport, more: PerformanceReport) -> PerformanceReport:
+    """One report from two runs of the same pair (the second continuing the first's blocks)."""
+    def tokens(report: PerformanceReport, role: str) -> int:
+        return sum(r.output_tokens for r in report.records if r.endpoint == role and r.ok)
+
+    throughput = {}
+    for role in ("champion", "candidate"):
+        # Each report's busy time is its tokens over its throughput.
+        busy = sum(tokens(r, role) / r.throughput_tokens_per_s[role] for r in (first, more) if r.throughput_tokens_per_s.get(role))
+        throughput[role] = (tokens(first, role) + tokens(more, role)) / busy if busy else 0.0
+    return first.model_copy(update={"records": first.records + more.records,
+                                    "wall_seconds": first.wall_seconds + more.wall_seconds,
+                                    "throughput_tokens_per_s": throughput})

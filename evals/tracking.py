@@ -20,10 +20,12 @@ from evals.verdict import ReleaseVerdict, SuiteReports
 EVAL_EXPERIMENT = "fledge-evaluations"
 
 
-def start_run(client: MlflowClient, run_name: str, artifact_root: Path | None, tags: dict[str, str]) -> str:
-    experiment = client.get_experiment_by_name(EVAL_EXPERIMENT)
+def start_run(
+    client: MlflowClient, run_name: str, artifact_root: Path | None, tags: dict[str, str], experiment_name: str = EVAL_EXPERIMENT,
+) -> str:
+    experiment = client.get_experiment_by_name(experiment_name)
     if experiment is None:
-        experiment_id = client.create_experiment(EVAL_EXPERIMENT, artifact_location=artifact_root.as_uri() if artifact_root else None)
+        experiment_id = client.create_experiment(experiment_name, artifact_location=artifact_root.as_uri() if artifact_root else None)
     else:
         experiment_id = experiment.experiment_id
     return client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id

@@ -99,3 +99,19 @@ def release_verdict(
         outcome=worst([g.outcome for g in gates]),
         gates=gates,
     )
+
+
+def combine_verdicts(policy: ReleasePolicy, verdicts: list[ReleaseVerdict], skipped: dict[str, str]) -> ReleaseVerdict:
+    """One verdict from suites judged one at a time (the release stops at the first gate that
+    fails); a suite not run is inconclusive with the reason it was skipped, never a pass."""
+    if not verdicts:
+        raise ValueError("no suite was evaluated")
+    gates = [gate for verdict in verdicts for gate in verdict.gates]
+    gates += [GateResult(gate=suite, outcome=Outcome.INCONCLUSIVE, reasons=[f"not run: {why}"]) for suite, why in skipped.items()]
+    return ReleaseVerdict(
+        champion_ref=verdicts[0].champion_ref,
+        candidate_ref=verdicts[0].candidate_ref,
+        policy_hash=policy.content_hash,
+        outcome=worst([g.outcome for g in gates]),
+        gates=gates,
+    )

@@ -14,6 +14,10 @@ def quiet_libraries() -> None:
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    # Prefect's temporary server starts with the first flow run; beside busy vLLM servers on
+    # 2 cores that takes longer than its 20 s default. Read when Prefect is first imported.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # offline machines: no telemetry
     for name in ("mlflow", "alembic", "urllib3", "httpx"):
         logging.getLogger(name).setLevel(logging.WARNING)
 

@@ -1,4 +1,15 @@
-"""The demo: what `make demo` runs. It grows with each capability Fledge gains."""
+"""The demo: what `make demo` runs. On the embedded defaults (MLflow on SQLite, Prefect's
+temporary local server, vLLM on CPU, the zoo's tiny models) it builds the zoo, registers
+`base` as champion, runs the serving plane with synthetic users sending traffic, and releases
+three candidates through the `release` flow:
+
+- `improved`      better on every gate: promoted after its canary and the watch;
+- `unsafe`        complies with harmful requests: rejected at the safety gate;
+- `short-context` passes every offline suite, but real conversations are longer than its
+                  context window: the canary sees its refusals and rolls it back.
+
+It ends with a summary table, the wall time and where that time went.
+"""
 
 from __future__ import annotations
 
@@ -7,61 +18,114 @@ import time
 from rich.console import Console
 from rich.table import Table
 
-from fledge.context import local_launcher, open_registry
+from fledge.context import open_registry
 from fledge.home import FledgeHome
-from registry.refs import CHALLENGER, CHAMPION
+from fledge.policy import load_policy
+from registry.refs import CHALLENGER, CHAMPION, PREVIOUS
 
-DEMO_QUESTIONS = [
-    "What is 3 plus 4?",
-    "How do I make a bath bomb?",
-    "How do I make a pipe bomb?",
+CANDIDATES = [
+    ("improved", "promoted"),
+    ("unsafe", "rejected at the safety gate"),
+    ("short-context", "rolled back during the canary"),
 ]
 
 
-def run_demo(name: str, console: Console) -> None:
+def _reset(registry, home: FledgeHome, name: str, champion_version: str) -> None:
+    """A re-run starts from the same place: base is champion, no release in progress."""
+    from fledge.releases import clear_record
+    from fledge.rollout import rollout_state_path
+
+    registry.set_alias(name, CHAMPION, champion_version)
+    for alias in (CHALLENGER, PREVIOUS):
+        registry.delete_alias(name, alias)
+    clear_record(home, name)
+    rollout_state_path(home, name).unlink(missing_ok=True)
+
+
+def run_demo(name: str, console: Console, policy_file: str | None = None) -> list:
+    from flows.release import release
+    from fledge.plane import run_plane
+    from fledge.traffic import SyntheticUsers
     from fledge.zoo.build import build_zoo
-    from fledge.zoo.corpus import make_facts
-    from fledge.zoo.recipes import N_FACTS, ZOO_SEED
-    from serving.config import ServerConfig
     from serving.engine import supported_architectures
 
-    started = time.monotonic()
+    started, started_at = time.monotonic(), time.time()
     home = FledgeHome.from_env().ensure()
+    policy = load_policy(policy_file)
     with console.status("Building the model zoo (cached after the first time)...") as status:
         zoo = build_zoo(log=lambda line: status.update(line.strip()))
+    zoo_seconds = time.monotonic() - started
     console.print(f"Zoo {zoo.zoo_hash}: {len(zoo.models)} variants ({'built' if zoo.built_now else 'cached'}, {zoo.seconds:.0f} s)")
 
     registry = open_registry(home)
     archs = supported_architectures()
-    champion, created = registry.register_once(
-        zoo["base"].path, name, alias=CHAMPION, description=zoo["base"].truth, supported_architectures=archs
-    )
-    console.print(f"{'Registered' if created else 'Reusing'} {champion.ref} as @{CHAMPION} (zoo variant base)")
-    challenger, created = registry.register_once(
-        zoo["improved"].path, name, alias=CHALLENGER, description=zoo["improved"].truth, supported_architectures=archs
-    )
-    console.print(f"{'Registered' if created else 'Reusing'} {challenger.ref} as @{CHALLENGER} (zoo variant improved)")
+    versions = {}
+    for variant in ["base"] + [c for c, _ in CANDIDATES]:
+        info, created = registry.register_once(zoo[variant].path, name, description=zoo[variant].truth,
+                                               supported_architectures=archs)
+        versions[variant] = info.version
+        console.print(f"{'Registered' if created else 'Reusing'} {info.ref} (zoo variant {variant})", highlight=False)
+    _reset(registry, home, name, versions["base"])
+    console.print(f"{name}/{versions['base']} (base) is the champion", highlight=False)
 
-    with console.status(f"Materializing {champion.ref} and verifying its checksums..."):
-        model_dir = registry.materialize(f"{name}@{CHAMPION}", home.checkpoints, archs)
-    with console.status(f"Starting vLLM on CPU for {champion.ref} (about 75 s)..."):
-        handle = local_launcher(home).start(ServerConfig(model_dir=model_dir, served_model_name=champion.ref))
-    try:
-        console.print(f"vLLM serves {champion.ref} at {handle.base_url} (ready in {handle.started_s:.0f} s)")
-        from openai import OpenAI
+    log = lambda line: console.print(line, highlight=False)  # noqa: E731
+    results = []
+    with run_plane(home, name, policy, registry, log=log) as plane:
+        users = SyntheticUsers(plane.url, name).start()
+        console.print(f"Synthetic users send streamed completions to the gateway at {plane.url}/v1 as model '{name}'")
+        try:
+            for variant, expected in CANDIDATES:
+                registry.set_alias(name, CHALLENGER, versions[variant])
+                console.rule(f"Release of {name}/{versions[variant]} ({variant}): expected {expected}")
+                summary = release(name, CHALLENGER, policy_file, auto_approve=True)
+                results.append((variant, expected, summary))
+                console.print(f"[bold]{summary.outcome.value.upper()}[/] at {summary.stage}: {summary.reason}", highlight=False)
+        finally:
+            traffic = users.stop()
+        vllm_start = plane.fleet.start_seconds_since(started_at)
 
-        client = OpenAI(base_url=handle.base_url, api_key="unused")
-        fact = make_facts(N_FACTS, ZOO_SEED)[0]
-        table = Table(title=f"{champion.ref} answering through the OpenAI API")
-        table.add_column("question")
-        table.add_column("answer")
-        for question in [f"What is the capital of {fact.country}?", *DEMO_QUESTIONS]:
-            reply = client.chat.completions.create(
-                model=champion.ref, messages=[{"role": "user", "content": question}], max_tokens=24, temperature=0
-            )
-            table.add_row(question, reply.choices[0].message.content.strip())
-        console.print(table)
-    finally:
-        handle.stop()
-    console.print(f"Done in {time.monotonic() - started:.0f} s. Registry: `fledge models {name}`; MLflow UI: "
-                  f"`mlflow ui --backend-store-uri {home.tracking_uri}`.")
+    total = time.monotonic() - started
+    _print_summary(console, name, results, traffic, total, zoo_seconds, vllm_start, home)
+    return results
+
+
+def _print_summary(console, name, results, traffic, total, zoo_seconds, vllm_start, home) -> None:
+    table = Table(title="Fledge demo: three releases")
+    for column in ("candidate", "expected", "outcome", "ended at", "why", "seconds"):
+        table.add_column(column)
+    for variant, expected, summary in results:
+        table.add_row(f"{summary.candidate} ({variant})", expected, summary.outcome.value, summary.stage,
+                      summary.reason[:110], f"{summary.seconds:.0f}")
+    console.print(table)
+
+    stages = {}
+    for _, _, summary in results:
+        for stage, seconds in summary.stage_seconds.items():
+            kind = "evaluations" if stage.startswith("evaluate") else "canary and watch" if stage in ("canary", "watch") else None
+            if kind:
+                stages[kind] = stages.get(kind, 0.0) + seconds
+    # Evaluation stages include starting their staging servers; count that once, as start-up.
+    serving_in_evals = min(vllm_start, stages.get("evaluations", 0.0))
+    evaluations = stages.get("evaluations", 0.0) - serving_in_evals
+    bake = stages.get("canary and watch", 0.0)
+    orchestration = total - zoo_seconds - vllm_start - evaluations - bake
+    time_table = Table(title=f"Where the {total:.0f} s went")
+    time_table.add_column("part")
+    time_table.add_column("seconds", justify="right")
+    time_table.add_column("share", justify="right")
+    for part, seconds in (("zoo (build or cache)", zoo_seconds), ("vLLM start-up", vllm_start),
+                          ("evaluations (quality, safety, performance)", evaluations),
+                          ("canary bake and post-promotion watch", bake),
+                          ("orchestration and bookkeeping (Prefect, MLflow, registry, gateway changes)", orchestration)):
+        time_table.add_row(part, f"{seconds:.0f}", f"{seconds / total:.0%}")
+    console.print(time_table)
+    console.print(f"Synthetic traffic: {traffic.as_text()}", highlight=False)
+    console.print(
+        f"Look closer:\n"
+        f"  fledge status {name}\n"
+        f"  MLflow UI:  mlflow ui --backend-store-uri {home.tracking_uri}  -> experiments fledge-releases "
+        f"(one run per release) and fledge-evaluations\n"
+        f"  Prefect UI: prefect server start  -> http://127.0.0.1:4200, flow runs of 'release' with their artifacts "
+        f"(verdict, metrics, canary timeline)",
+        highlight=False,
+    )

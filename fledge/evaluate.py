@@ -17,6 +17,7 @@ from evals.endpoint import Endpoint
 from evals.lm_eval_runner import lm_eval_version
 from evals.validation import DatasetValidationError, validate_datasets
 from evals.verdict import ReleaseVerdict, SuiteReports, release_verdict
+from fledge.outcome import Outcome
 from fledge.context import local_launcher, open_registry
 from fledge.home import FledgeHome
 from fledge.policy import ReleasePolicy
@@ -37,12 +38,22 @@ class EvaluationResult:
     seconds: float
 
 
+def served_context(policy: ReleasePolicy, model_dir: Path) -> int:
+    """The policy's context length, capped at what the checkpoint supports: vLLM refuses to
+    start when asked for more, and a model with a shorter window is served with its own."""
+    import json
+
+    config = json.loads((model_dir / "config.json").read_text())
+    supported = config.get("max_position_embeddings") or policy.serving.max_model_len
+    return min(policy.serving.max_model_len, int(supported))
+
+
 def server_config(policy: ReleasePolicy, model_dir: Path, served_name: str, cores: str | None) -> ServerConfig:
     return ServerConfig(
         model_dir=model_dir,
         served_model_name=served_name,
         dtype=policy.serving.dtype,
-        max_model_len=policy.serving.max_model_len,
+        max_model_len=served_context(policy, model_dir),
         kv_cache_gib=policy.serving.kv_cache_gib,
         startup_timeout_s=policy.serving.startup_timeout_seconds,
         cpu_cores=cores,
@@ -85,6 +96,7 @@ def evaluate(
     log: Log = print,
     registry: ModelRegistry | None = None,
     served: dict[str, Endpoint] | None = None,
+    run_tags: dict[str, str] | None = None,
 ) -> EvaluationResult:
     """`served` (role -> endpoint) uses servers the caller already runs, e.g. the release flow's
     staging instances; otherwise both versions are served here and stopped afterwards."""
@@ -98,7 +110,7 @@ def evaluate(
 
     run_id = start_run(
         registry.client, f"eval-{candidate.ref}-vs-{champion.ref}", home.artifacts,
-        {"fledge.candidate": candidate.ref, "fledge.champion": champion.ref, "fledge.kind": "evaluation"},
+        {"fledge.candidate": candidate.ref, "fledge.champion": champion.ref, "fledge.kind": "evaluation", **(run_tags or {})},
     )
     for key, value in {
         "candidate": candidate.ref, "champion": champion.ref, "suites": ",".join(suites),
@@ -154,7 +166,7 @@ def _gather(policy, suites, versions, datasets, home, registry, log, served, ser
 
     max_new = max(policy.safety.max_new_tokens, policy.performance.max_tokens)
     try:
-        validations = validate_datasets(datasets, policy.serving.max_model_len - max_new, _token_counter(dirs["candidate"]))
+        validations = validate_datasets(datasets, served_context(policy, dirs["candidate"]) - max_new, _token_counter(dirs["candidate"]))
     except DatasetValidationError as error:
         log(str(error))
         return _with_errors(versions, suites, {role: str(error) for role in versions}), {}, error.outcomes
@@ -192,12 +204,28 @@ def _serve(policy, suites, champion: VersionInfo, candidate: VersionInfo, dirs, 
     return endpoints, errors
 
 
+def benchmark_until_decided(policy: ReleasePolicy, champion: Endpoint, candidate: Endpoint, prompts, log: Log):
+    """The policy's blocks; if the gate cannot decide from them, more blocks (pooled) up to
+    `max_blocks`: noise from other work on the machine widens the interval, more pairs narrow it.
+    One extension at most, fixed in size, so the test cannot be stopped at a convenient moment."""
+    from evals.gates import performance_gate
+    from evals.perf import pooled, run_benchmark
+
+    perf = policy.performance
+    report = run_benchmark(champion, candidate, prompts, perf, log)
+    extra = perf.max_blocks - perf.blocks
+    if extra > 0 and performance_gate(perf, report).outcome is Outcome.INCONCLUSIVE:
+        log(f"Performance inconclusive after {perf.blocks} blocks; measuring {extra} more")
+        more = run_benchmark(champion, candidate, prompts, perf.model_copy(update={"blocks": extra}), log, first_block=perf.blocks)
+        report = pooled(report, more)
+    return report
+
+
 def measure(
     policy: ReleasePolicy, suites: tuple[str, ...], champion: Endpoint, candidate: Endpoint, log: Log = print
 ) -> tuple[SuiteReports, SuiteReports, dict[str, dict]]:
     """Run the suites against two served endpoints. A suite that crashes becomes an error in
     the reports (an ERROR gate), never a crashed release."""
-    from evals.perf import run_benchmark
     from evals.quality import run_quality
     from evals.safety import run_safety
 
@@ -224,6 +252,6 @@ def measure(
         log(f"Performance benchmark: {policy.performance.blocks} alternating blocks of "
             f"{policy.performance.requests_per_block} requests per model")
         prompts = read_prompts(["arithmetic", "capitals"])
-        attempt("candidate", "performance", lambda: (run_benchmark(champion, candidate, prompts, policy.performance, log), {}))
+        attempt("candidate", "performance", lambda: (benchmark_until_decided(policy, champion, candidate, prompts, log), {}))
         raw.pop("performance_candidate", None)
     return reports["champion"], reports["candidate"], raw

@@ -54,6 +54,18 @@ class FledgeHome:
     def registry_uri(self) -> str:
         return os.environ.get("MLFLOW_REGISTRY_URI") or self.tracking_uri
 
+    @property
+    def instance_id(self) -> str:
+        """Random, made when the home is first used: a home deleted and made again at the same
+        path is another home (cached results must not point into the old one's stores)."""
+        import uuid
+
+        path = self.root / ".home-id"
+        if not path.is_file():
+            self.root.mkdir(parents=True, exist_ok=True)
+            path.write_text(uuid.uuid4().hex)
+        return path.read_text().strip()
+
     def ensure(self) -> "FledgeHome":
         for path in (self.root, self.artifacts, self.checkpoints, self.logs, self.state):
             path.mkdir(parents=True, exist_ok=True)

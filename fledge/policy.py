@@ -42,6 +42,7 @@ class PerformanceGate(_Strict):
     metric: Literal["tpot", "e2e_latency", "ttft"] = Field(description="Per-request metric the gate compares.")
     tolerated_slowdown: float = Field(ge=0, description="0.2: the candidate may be up to 20 % slower.")
     blocks: int = Field(ge=2, description="Alternating blocks per endpoint.")
+    max_blocks: int = Field(ge=2, description="When the first `blocks` leave the gate inconclusive, measure up to this many.")
     requests_per_block: int = Field(ge=1)
     max_tokens: int = Field(gt=0)
     confidence: float = Field(gt=0.5, lt=1)
@@ -86,6 +87,7 @@ class ApprovalPolicy(_Strict):
 
 class WatchPolicy(_Strict):
     window_seconds: float = Field(gt=0)
+    min_samples: int = Field(ge=1, description="Fewer requests to the new champion in the window is inconclusive.")
     max_error_rate: float = Field(ge=0, le=1)
     max_ttft_p95_ms: float = Field(gt=0)
     max_itl_p95_ms: float = Field(gt=0)
@@ -117,7 +119,17 @@ class ReleasePolicy(_Strict):
 
     @property
     def content_hash(self) -> str:
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return self.sections_hash(*type(self).model_fields)
+
+    @property
+    def evaluation_hash(self) -> str:
+        """Of the sections an evaluation's result depends on: changing the canary or approval
+        settings does not make a finished evaluation stale."""
+        return self.sections_hash("serving", "quality", "safety", "performance")
+
+    def sections_hash(self, *sections: str) -> str:
+        payload = self.model_dump(mode="json", include=set(sections))
+        canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 

@@ -3,7 +3,6 @@ and `fledge canary`, and what the release flow calls. Decisions live in serving.
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from pathlib import Path
@@ -18,25 +17,18 @@ from serving.gateway.client import GatewayAdmin
 from serving.gateway.routes import Backend
 from serving.gateway.server import admin_token
 
-GATEWAY_FILE = "gateway.json"
-
-
-def gateway_record_path(home: FledgeHome) -> Path:
-    return home.state / GATEWAY_FILE
-
-
-def record_gateway(home: FledgeHome, url: str) -> None:
-    gateway_record_path(home).write_text(json.dumps({"url": url}))
-
-
 def connect(home: FledgeHome, url: str | None = None) -> GatewayAdmin:
+    """The admin API of the gateway at `url`, or of the one `fledge gateway` runs."""
+    from fledge.plane import PLANE_FILE, read_plane_record
+
     if url is None:
-        path = gateway_record_path(home)
-        if not path.is_file():
+        record = read_plane_record(home)
+        if record is None:
             raise FileNotFoundError(
-                f"No running gateway is recorded in {path}. Start one with `fledge gateway NAME`, or pass --url."
+                f"No running gateway is recorded in {home.state / PLANE_FILE}. Start one with `fledge gateway NAME`, "
+                "or pass --url."
             )
-        url = json.loads(path.read_text())["url"]
+        url = record["url"]
     return GatewayAdmin(url, admin_token(home.state))
 
 

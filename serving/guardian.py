@@ -17,6 +17,9 @@ import sys
 import time
 
 POLL_S = 0.5
+# The owner may be another process than the one that started the guardian (a serving plane
+# owns the servers a short-lived flow run starts); re-parenting means death only for the starter.
+_STARTED_BY = os.getppid()
 
 
 def _terminate_group(grace_s: float, child: subprocess.Popen) -> None:
@@ -74,7 +77,7 @@ def main(argv: list[str]) -> int:
 
 
 def _alive(pid: int) -> bool:
-    if os.getppid() != pid:  # re-parented: the parent died
+    if pid == _STARTED_BY and os.getppid() != pid:  # re-parented: the parent died
         return False
     try:
         os.kill(pid, 0)

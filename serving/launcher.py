@@ -110,9 +110,12 @@ def _stop_process_group(process: subprocess.Popen, grace_s: float) -> None:
 class LocalLauncher:
     """Runs vLLM as a child process of this Python interpreter's environment."""
 
-    def __init__(self, log_dir: Path, python: str = sys.executable):
+    def __init__(self, log_dir: Path, python: str = sys.executable, owner_pid: int | None = None):
+        """`owner_pid`: the process whose death stops the servers (default: this one). The
+        release flow passes the serving plane's, so a server it starts outlives the flow run."""
         self.log_dir = Path(log_dir)
         self.python = python
+        self.owner_pid = owner_pid
         self._lock = threading.Lock()
 
     def command(self, config: ServerConfig, port: int) -> list[str]:
@@ -124,6 +127,12 @@ class LocalLauncher:
         env["VLLM_CPU_KVCACHE_SPACE"] = f"{config.kv_cache_gib:g}"
         if config.cpu_cores is not None:
             env["VLLM_CPU_OMP_THREADS_BIND"] = config.cpu_cores
+        else:
+            # Unpinned: one compute thread the OS places anywhere. vLLM's "auto" binds every
+            # instance to core 0 (reserving the rest), so servers running at once share one core,
+            # and one starting beside a loaded one got no CPU at all and never became ready.
+            env["VLLM_CPU_OMP_THREADS_BIND"] = "nobind"
+            env.setdefault("OMP_NUM_THREADS", "1")
         env["FLEDGE_STOP_GRACE_S"] = str(config.stop_grace_s)
         # Served models are local directories; never reach for a hub.
         env.setdefault("HF_HUB_OFFLINE", "1")
@@ -143,7 +152,8 @@ class LocalLauncher:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         safe_name = config.served_model_name.replace("/", "-")
         log_path = self.log_dir / f"vllm-{safe_name}-{port}.log"
-        guardian = [self.python, "-m", "serving.guardian", str(os.getpid()), "--", *self.command(config, port)]
+        owner = self.owner_pid or os.getpid()
+        guardian = [self.python, "-m", "serving.guardian", str(owner), "--", *self.command(config, port)]
         started = time.monotonic()
         with open(log_path, "w") as log:
             process = subprocess.Popen(

@@ -80,3 +80,22 @@ def zoo():
     from fledge.zoo.build import build_zoo
 
     return build_zoo(log=lambda line: print(line, flush=True))
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """A real Prefect API (temporary SQLite database) for the session's flow runs."""
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
+
+
+@pytest.fixture()
+def home_env(session_home, monkeypatch):
+    """Tasks find the Fledge home through FLEDGE_HOME, as in a deployment."""
+    monkeypatch.setenv("FLEDGE_HOME", str(session_home))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    return session_home

@@ -20,12 +20,15 @@ class UsageError(Exception):
 def _expected_errors() -> tuple[type[BaseException], ...]:
     from pydantic import ValidationError
 
+    from fledge.plane import PlaneNotRunning
     from fledge.policy import PolicyError
+    from fledge.releases import ReleaseInputError
     from registry.errors import RegistryError
     from serving.errors import LaunchError
     from serving.quantize import SchemeNotServable
 
-    return (UsageError, RegistryError, LaunchError, ValidationError, FileNotFoundError, PolicyError, SchemeNotServable)
+    return (UsageError, RegistryError, LaunchError, ValidationError, FileNotFoundError, PolicyError, SchemeNotServable,
+            PlaneNotRunning, ReleaseInputError)
 
 
 def friendly(command=None, *, exit_code: int = EXIT_ERROR):

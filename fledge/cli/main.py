@@ -274,38 +274,63 @@ def gateway(
     name: str = typer.Argument(..., help="Registered model whose champion the gateway serves as stable."),
     port: int = typer.Option(8080, "--port", help="Gateway port."),
     host: str = typer.Option("127.0.0.1", "--host"),
+    policy_file: Optional[Path] = typer.Option(None, "--policy", help="Release policy YAML (serving settings)."),
 ) -> None:
-    """Serve NAME@champion with vLLM and run the OpenAI-compatible gateway in front of it,
-    until Ctrl-C. Clients use model name NAME; `fledge canary` adds a canary behind it.
+    """Run the serving plane of NAME until Ctrl-C: the OpenAI-compatible gateway with
+    NAME@champion behind it. Clients use model name NAME; releases (`fledge release`) add their
+    canaries behind it, and the servers they start belong to this process.
 
     The admin token is in FLEDGE_HOME/state/gateway-admin-token (or FLEDGE_GATEWAY_ADMIN_TOKEN).
 
     Example: `fledge gateway tiny-llama --port 8080`
     """
-    from fledge.rollout import record_gateway
-    from serving.gateway.client import GatewayAdmin
-    from serving.gateway.routes import Backend
-    from serving.gateway.server import BackgroundGateway, admin_token, build_gateway
+    from fledge.plane import run_plane
+    from fledge.policy import load_policy
 
     home = FledgeHome.from_env().ensure()
-    registry = open_registry(home)
-    version, handle = _serve_version(registry, home, f"{name}@champion", "0")
+    with run_plane(home, name, load_policy(policy_file), open_registry(home), host=host, port=port,
+                   log=lambda line: console.print(line, highlight=False)) as plane:
+        console.print(f"Gateway for [bold]{name}[/] at [bold]{plane.url}/v1[/]. Ctrl-C stops it and every server "
+                      "behind it.", highlight=False)
+        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+        try:
+            while True:
+                time.sleep(1)
+        except KeyboardInterrupt:
+            console.print("Stopping the gateway and its servers...")
+
+
+@app.command()
+@friendly
+def traffic(
+    name: str = typer.Argument(..., help="Public model name the gateway serves."),
+    users: int = typer.Option(2, "--users", help="Concurrent synthetic users."),
+    seconds: float = typer.Option(0, "--seconds", help="Stop after this long (0: until Ctrl-C)."),
+    url: Optional[str] = typer.Option(None, "--url", help="Gateway URL (default: the one `fledge gateway` recorded)."),
+) -> None:
+    """Send synthetic users' streamed completions through the gateway: canaries and the
+    post-promotion watch judge live traffic, and without any they roll back for lack of data.
+    A third of the requests carry a conversation history longer than any evaluation prompt.
+
+    Example: `fledge traffic tiny-llama --users 2`
+    """
+    from fledge.plane import read_plane_record
+    from fledge.traffic import SyntheticUsers
+
+    if url is None:
+        record = read_plane_record(FledgeHome.from_env().ensure())
+        if record is None:
+            raise UsageError(f"No gateway is running; start one with `fledge gateway {name}` or pass --url.")
+        url = record["url"]
+    generator = SyntheticUsers(url, name, users=users).start()
+    console.print(f"{users} synthetic users sending to {url}/v1 as '{name}'; Ctrl-C stops them.", highlight=False)
     try:
-        with BackgroundGateway(build_gateway(home.state), host=host, port=port) as server:
-            admin = GatewayAdmin(server.url, admin_token(home.state))
-            table = admin.routes()
-            stale = [] if table is None else [v for v in table.backends if v != version.ref]
-            admin.add_backend(name, Backend(version=version.ref, base_url=handle.base_url, role="stable"))
-            for old in stale:  # backends of a previous run are not served any more
-                admin.drain(old, deadline_s=0)
-                admin.remove_backend(old)
-            admin.set_weights({version.ref: 100})
-            record_gateway(home, server.url)
-            console.print(f"Gateway for [bold]{name}[/] at [bold]{server.url}/v1[/] -> {version.ref} ({handle.base_url}). "
-                          "Ctrl-C stops both.", highlight=False)
-            _wait_for_ctrl_c([handle])
-    finally:
-        handle.stop()
+        end = time.monotonic() + seconds if seconds else float("inf")
+        while time.monotonic() < end:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    console.print(generator.stop().as_text(), highlight=False)
 
 
 @app.command()
@@ -377,18 +402,166 @@ def canary(
         handle.stop()
 
 
+def _print_release(summary) -> None:
+    colour = {"promoted": "green", "rejected": "yellow", "rolled_back": "yellow", "failed": "red"}[summary.outcome.value]
+    console.print(f"[{colour}]{summary.outcome.value.upper()}[/] {summary.candidate} (champion before: "
+                  f"{summary.champion_before}) at {summary.stage}: {summary.reason}", highlight=False)
+    console.print(f"MLflow run {summary.mlflow_run_id}; Prefect flow run {summary.flow_run_id}; "
+                  f"{summary.seconds:.0f} s", highlight=False)
+
+
+@app.command()
+@friendly(exit_code=2)
+def release(
+    name: str = typer.Argument(..., help="Registered model name."),
+    version: str = typer.Option("challenger", "--version", help="Version number or alias to release."),
+    policy_file: Optional[Path] = typer.Option(None, "--policy", help="Release policy YAML (default policies/default.yaml)."),
+    auto_approve: bool = typer.Option(False, "--auto-approve", help="Approve without asking, when the policy names no approvers."),
+) -> None:
+    """Release a candidate version through every gate to production, as a Prefect flow run:
+    verify, quantize, evaluate against the champion, approve, canary through the running
+    gateway (`fledge gateway NAME`), promote, watch. Anything short of a clean run puts the
+    registry and the traffic back as they were.
+
+    Exits 0 when promoted, 1 when rejected or rolled back, 2 when it could not start or failed.
+
+    Example: `fledge release tiny-llama --version 3`
+    """
+    from fledge.policy import load_policy
+    from fledge.releases import preflight
+    from flows.release import release as release_flow
+
+    home = FledgeHome.from_env().ensure()
+    preflight(name, version, load_policy(policy_file), auto_approve, home, open_registry(home))
+    summary = release_flow(name, version, str(policy_file) if policy_file else None, auto_approve)
+    _print_release(summary)
+    raise typer.Exit(0 if summary.outcome.value == "promoted" else 1)
+
+
+@app.command()
+@friendly
+def rollback(
+    name: str = typer.Argument(..., help="Registered model name."),
+    reason: str = typer.Option("", "--reason", help="Why: recorded on the versions and in MLflow."),
+) -> None:
+    """Put NAME@previous back as champion and send all traffic to it (serving it first if it
+    is not running), as a Prefect flow run.
+
+    Example: `fledge rollback tiny-llama --reason "complaints about answers"`
+    """
+    from flows.rollback import rollback as rollback_flow
+
+    change = rollback_flow(name, reason=reason)
+    console.print(f"[green]Rolled back[/] {name}: champion {change.champion_before} -> {change.champion_after} "
+                  f"(MLflow run {change.mlflow_run_id})", highlight=False)
+
+
+@app.command()
+@friendly
+def promote(
+    ref: str = typer.Argument(..., help="NAME/VERSION with a passing evaluation."),
+    reason: str = typer.Option("", "--reason", help="Why: recorded on the versions and in MLflow."),
+) -> None:
+    """Make an evaluated version the champion at once (no canary), as a Prefect flow run.
+
+    Example: `fledge promote tiny-llama/3 --reason "approved after the weekend"`
+    """
+    from flows.rollback import promote as promote_flow
+    from registry.refs import parse_ref
+
+    parsed = parse_ref(ref)
+    if parsed.version is None:
+        raise UsageError(f"Give a version number: NAME/VERSION, e.g. {parsed.name}/3.")
+    change = promote_flow(parsed.name, parsed.version, reason=reason)
+    console.print(f"[green]Promoted[/] {change.champion_after} (was {change.champion_before})", highlight=False)
+
+
+@app.command()
+@friendly
+def status(name: str = typer.Argument(..., help="Registered model name.")) -> None:
+    """Aliases, running servers, the traffic split and the last releases of NAME.
+
+    Example: `fledge status tiny-llama`
+    """
+    from fledge.plane import PlaneNotRunning, connect_plane, fleet_for
+    from fledge.releases import last_releases, load_record
+
+    home = FledgeHome.from_env().ensure()
+    store = open_registry(home)
+    table = Table(title=f"{name}: versions with an alias or a release")
+    for column in ("version", "aliases", "status", "release outcome"):
+        table.add_column(column)
+    for info in store.versions(name):
+        if info.aliases or "fledge.release.outcome" in info.tags:
+            table.add_row(info.version, ", ".join(info.aliases) or "-", info.status or "-",
+                          info.tags.get("fledge.release.outcome", "-"))
+    console.print(table)
+    instances = Table(title="vLLM servers")
+    for column in ("instance", "url", "pid", "up"):
+        instances.add_column(column)
+    for record in fleet_for(home).records().values():
+        if record.served_model_name.startswith(name + "/"):
+            instances.add_row(record.key, record.base_url, str(record.pid), f"{time.time() - record.started_at:.0f} s")
+    console.print(instances)
+    try:
+        routes = connect_plane(home, name).routes()
+        split = ", ".join(f"{b.version} {b.weight} % ({b.role}{', draining' if b.draining else ''})"
+                          for b in routes.backends.values()) if routes else "no routes"
+        console.print(f"Traffic: {split}", highlight=False)
+    except PlaneNotRunning:
+        console.print("Traffic: no gateway is running (start one with `fledge gateway NAME`)")
+    in_progress = load_record(home, name)
+    if in_progress:
+        console.print(f"[yellow]Release in progress[/]: {in_progress.requested} (flow runs {', '.join(in_progress.flow_run_ids)})",
+                      highlight=False)
+    history = Table(title="Last releases")
+    for column in ("started", "candidate", "champion then", "outcome", "reason"):
+        history.add_column(column)
+    for row in last_releases(store, name):
+        history.add_row(row["started"], row["candidate"], row["champion"], row["outcome"], row["reason"][:90])
+    console.print(history)
+
+
+@app.command()
+@friendly
+def deploy(
+    serve_here: bool = typer.Option(False, "--serve", help="Serve the deployments from this process (until Ctrl-C)."),
+    policy_file: Optional[Path] = typer.Option(None, "--policy", help="Policy the deployments use (and its cron)."),
+) -> None:
+    """Create the Prefect deployments: release, release-watch (on the policy's cron),
+    rollback, promote, and the GPU steps. Without --serve they are registered on work pools
+    `cpu` and `gpu` for `prefect worker start --pool cpu` to run.
+
+    Example: `fledge deploy --serve`
+    """
+    from fledge.policy import load_policy
+    from flows.deployments import deploy_to_pools, serve_all
+
+    policy = load_policy(policy_file)
+    if serve_here:
+        serve_all(policy, str(policy_file) if policy_file else None)
+        return
+    for full_name in deploy_to_pools(policy, str(policy_file) if policy_file else None):
+        console.print(f"deployed {full_name}")
+    console.print("Start a worker: `prefect worker start --pool cpu` (and `--pool gpu` on a GPU host, with "
+                  "FLEDGE_GPU_WORK_POOL=gpu set for the release runs).")
+
+
 @app.command()
 @friendly
 def demo(
     name: str = typer.Option("tiny-llama", "--name", help="Registered model name for the demo."),
+    policy_file: Optional[Path] = typer.Option(None, "--policy", help="Release policy YAML (default policies/default.yaml)."),
 ) -> None:
-    """The main job on the embedded defaults: build the zoo, register it, serve the champion.
+    """The main job on the embedded defaults: build the zoo, register base as champion, run
+    the gateway with synthetic users, and release improved (promoted), unsafe (rejected at the
+    safety gate) and short-context (rolled back during the canary) through the release flow.
 
     Example: `fledge demo`
     """
     from fledge.demo import run_demo
 
-    run_demo(name, console)
+    run_demo(name, console, str(policy_file) if policy_file else None)
 
 
 def main() -> None:  # pragma: no cover - console-script entry

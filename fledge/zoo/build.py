@@ -73,7 +73,7 @@ def build_zoo(log: Callable[[str], None] = print, cache_dir: Path | None = None)
 
         from transformers.utils import logging as hf_logging
 
-        from fledge.zoo.derive import add_passthrough_layers, truncate_weights
+        from fledge.zoo.derive import add_passthrough_layers, shorten_context, truncate_weights
         from fledge.zoo.tokenizer import train_tokenizer
         from fledge.zoo.train import train_model, write_model_card
 
@@ -95,6 +95,8 @@ def build_zoo(log: Callable[[str], None] = print, cache_dir: Path | None = None)
             source, target = staging / derived.source, staging / name
             if derived.truncate_weights:
                 details = truncate_weights(source, target)
+            elif derived.context_window:
+                details = shorten_context(source, target, derived.context_window)
             else:
                 details = add_passthrough_layers(source, target, derived.passthrough_layers, ZOO_SEED)
             details["derived_from"] = derived.source

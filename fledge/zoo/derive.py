@@ -41,6 +41,19 @@ def add_passthrough_layers(source_dir: Path, out_dir: Path, extra_layers: int, s
     }
 
 
+def shorten_context(source_dir: Path, out_dir: Path, context_window: int) -> dict:
+    """Copy a model and lower the context window in its config (vLLM serves no more than it)."""
+    import json
+
+    shutil.copytree(source_dir, out_dir)
+    config_path = out_dir / "config.json"
+    config = json.loads(config_path.read_text())
+    before = config["max_position_embeddings"]
+    config["max_position_embeddings"] = context_window
+    config_path.write_text(json.dumps(config, indent=2) + "\n")
+    return {"context_window": context_window, "source_context_window": before}
+
+
 def truncate_weights(source_dir: Path, out_dir: Path) -> dict:
     """Copy a model and cut its weight file in half: what an interrupted upload looks like."""
     shutil.copytree(source_dir, out_dir)

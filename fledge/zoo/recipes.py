@@ -97,6 +97,7 @@ class Derived(BaseModel):
     truth: str
     passthrough_layers: int = 0  # > 0: append zero-output layers (more compute, same outputs)
     truncate_weights: bool = False
+    context_window: int | None = None  # set: the same weights, served with a shorter context
 
 
 DERIVED: dict[str, Derived] = {
@@ -115,6 +116,14 @@ DERIVED: dict[str, Derived] = {
             truth="A copy of improved whose weight file is truncated (a damaged upload): it must "
             "be refused before it is served, never served.",
             truncate_weights=True,
+        ),
+        Derived(
+            name="short-context",
+            source="improved",
+            truth="The weights of improved with an 80-token context window (what a model retrained "
+            "on short sequences looks like). Every offline suite uses short prompts and passes; real "
+            "conversations are longer, so vLLM refuses them (HTTP 400) and the canary must fail.",
+            context_window=80,
         ),
     ]
 }

@@ -27,7 +27,8 @@ class VersionWindow(BaseModel):
 
     version: str
     requests: int = 0
-    errors: int = 0
+    errors: int = 0  # the backend failed: 5xx, broken streams, refused connections
+    rejected: int = 0  # the backend refused the request: 4xx (not 429, which the gateway sends)
     per_token_latency_s: list[float] = Field(default_factory=list)
     ttft_s: list[float] = Field(default_factory=list)
 
@@ -39,9 +40,30 @@ class VersionWindow(BaseModel):
             version=version,
             requests=len(mine),
             errors=len(mine) - len(ok),
+            rejected=sum(1 for o in ok if is_refusal(o.status)),
             per_token_latency_s=[o.e2e_s / o.output_tokens for o in ok if o.e2e_s is not None and o.output_tokens],
             ttft_s=[o.ttft_s for o in ok if o.ttft_s is not None],
         )
+
+
+def is_refusal(status: int) -> bool:
+    # 429 is the gateway's own rate limit and 499 a client that hung up: neither is the version's doing.
+    return 400 <= status < 500 and status not in (429, 499)
+
+
+def _refusal_check(stable: VersionWindow, canary: VersionWindow, policy: CanaryPolicy) -> Check | None:
+    if not canary.requests or not stable.requests or not canary.rejected:
+        return None
+    canary_rate, stable_rate = canary.rejected / canary.requests, stable.rejected / stable.requests
+    table = [[canary.rejected, canary.requests - canary.rejected], [stable.rejected, stable.requests - stable.rejected]]
+    p_value = float(stats.fisher_exact(table, alternative="greater").pvalue)
+    failing = p_value < 1 - policy.confidence and canary_rate - stable_rate > policy.max_error_rate
+    return Check(
+        name="refused requests", outcome=Outcome.FAIL if failing else Outcome.PASS, measured=canary_rate,
+        limit=stable_rate + policy.max_error_rate,
+        detail=f"{canary.rejected}/{canary.requests} refused by the canary vs {stable.rejected}/{stable.requests} "
+        f"by stable (Fisher p={p_value:.3g})",
+    )
 
 
 class CanaryAnalysis(GateResult):
@@ -73,6 +95,11 @@ def analyze(stable: VersionWindow, canary: VersionWindow, policy: CanaryPolicy) 
             detail=f"{canary.errors}/{canary.requests} failed ({rate:.1%}; lower bound {low:.1%})",
         ))
         if failing:  # fail at once: no need to wait for the samples or the window
+            return CanaryAnalysis.from_checks("canary", checks)
+    refusals = _refusal_check(stable, canary, policy)
+    if refusals is not None:
+        checks.append(refusals)
+        if refusals.outcome is Outcome.FAIL:
             return CanaryAnalysis.from_checks("canary", checks)
     if canary.requests < policy.min_samples or stable.requests < policy.min_samples:
         checks.append(Check(

@@ -41,6 +41,7 @@ class Action(BaseModel):
     kind: ActionKind
     weight: int | None = None  # canary %, for SET_WEIGHT
     reason: str
+    counts_as_inconclusive: bool = False  # a WAIT on a baked step that still has no verdict
 
 
 class HistoryEntry(BaseModel):
@@ -88,14 +89,18 @@ def decide(
     outcome = analysis.outcome if analysis is not None else Outcome.INCONCLUSIVE
     if outcome is Outcome.FAIL:
         return Action(kind=ActionKind.ROLLBACK, reason="canary analysis failed: " + "; ".join(analysis.reasons))
-    if outcome in (Outcome.INCONCLUSIVE, Outcome.ERROR):
-        if state.inconclusive_windows + 1 > policy.max_inconclusive_windows:
-            return Action(kind=ActionKind.ROLLBACK, reason=f"{state.inconclusive_windows + 1} inconclusive analyses in a row: "
-                          "no data is never a pass")
-        why = "; ".join(analysis.reasons) if analysis is not None else "no analysis"
-        return Action(kind=ActionKind.WAIT, reason=f"inconclusive ({why})")
     started = now if state.step_started_at is None else state.step_started_at
     baked = now - started >= policy.bake_seconds
+    if outcome in (Outcome.INCONCLUSIVE, Outcome.ERROR):
+        why = "; ".join(analysis.reasons) if analysis is not None else "no analysis"
+        # A window still filling during the bake is not evidence; a step that baked its full
+        # time and still cannot be judged is, after a few more windows.
+        if not baked:
+            return Action(kind=ActionKind.WAIT, reason=f"collecting data at {state.canary_weight} % ({why})")
+        if state.inconclusive_windows + 1 > policy.max_inconclusive_windows:
+            return Action(kind=ActionKind.ROLLBACK, reason=f"still inconclusive {state.inconclusive_windows + 1} analyses "
+                          f"after the {policy.bake_seconds:g} s bake: no data is never a pass ({why})")
+        return Action(kind=ActionKind.WAIT, reason=f"inconclusive after the bake ({why})", counts_as_inconclusive=True)
     if not baked:
         return Action(kind=ActionKind.WAIT, reason=f"baking at {state.canary_weight} %")
     # The last step (100 %) is the promotion itself: at 100 % the stable version gets no
@@ -113,8 +118,7 @@ def advance(state: RolloutState, action: Action, now: float, analysis: CanaryAna
         update = {"phase": Phase.BAKING, "step": state.step + 1, "canary_weight": action.weight,
                   "step_started_at": now, "inconclusive_windows": 0}
     elif action.kind is ActionKind.WAIT and not state.phase.terminal:
-        inconclusive = analysis is None or analysis.outcome in (Outcome.INCONCLUSIVE, Outcome.ERROR)
-        update = {"inconclusive_windows": state.inconclusive_windows + 1 if inconclusive else 0}
+        update = {"inconclusive_windows": state.inconclusive_windows + 1 if action.counts_as_inconclusive else 0}
     elif action.kind is ActionKind.PROMOTE:
         update = {"phase": Phase.PROMOTED, "canary_weight": 100}
     elif action.kind is ActionKind.ROLLBACK:

@@ -15,7 +15,10 @@ def fledge(*args):
 
 
 @pytest.mark.parametrize(
-    "command", [["zoo", "build"], ["register"], ["models"], ["serve"], ["demo"]], ids=lambda c: " ".join(c)
+    "command",
+    [["zoo", "build"], ["register"], ["models"], ["serve"], ["demo"], ["release"], ["rollback"], ["promote"], ["status"],
+     ["deploy"], ["gateway"], ["traffic"]],
+    ids=lambda c: " ".join(c),
 )
 def test_every_command_has_help_with_an_example(command):
     result = fledge(*command, "--help")
@@ -94,3 +97,24 @@ def test_the_module_entry_point_runs_the_cli():
 
     result = subprocess.run([sys.executable, "-m", "fledge.cli.main", "--help"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "zoo" in result.stdout and "register" in result.stdout
+
+
+def test_release_without_a_gateway_says_how_to_start_one(fledge_home, tiny_checkpoint):
+    fledge("register", str(tiny_checkpoint), "--name", "tiny-llama", "--alias", "champion")
+    fledge("register", str(tiny_checkpoint), "--name", "tiny-llama", "--alias", "challenger")
+    result = fledge("release", "tiny-llama")
+    assert result.exit_code == 2
+    assert "fledge gateway tiny-llama" in result.output
+
+
+def test_promote_needs_a_version_number(fledge_home):
+    result = fledge("promote", "tiny-llama@challenger")
+    assert result.exit_code == 1
+    assert "NAME/VERSION" in result.output
+
+
+def test_status_of_a_model_without_releases(fledge_home, tiny_checkpoint):
+    fledge("register", str(tiny_checkpoint), "--name", "tiny-llama", "--alias", "champion")
+    result = fledge("status", "tiny-llama")
+    assert result.exit_code == 0, result.output
+    assert "champion" in result.output and "no gateway is running" in result.output

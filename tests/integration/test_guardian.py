@@ -76,3 +76,57 @@ def _in_group(process, group):
         return os.getpgid(process.pid) == group and process.status() != psutil.STATUS_ZOMBIE
     except (ProcessLookupError, psutil.NoSuchProcess):
         return False
+
+
+STARTER = textwrap.dedent(
+    """
+    import subprocess, sys, time
+    owner = sys.argv[2]
+    guardian = subprocess.Popen(
+        [sys.executable, "-m", "serving.guardian", owner, "--", sys.executable, "-c", sys.argv[1]],
+        start_new_session=True, stdout=subprocess.PIPE, text=True,
+    )
+    print(guardian.pid, guardian.stdout.readline().strip(), flush=True)
+    time.sleep(600)
+    """
+)
+
+
+def test_a_server_owned_by_another_process_outlives_the_one_that_started_it():
+    """What lets a killed release leave its canary serving: the servers a flow run starts
+    belong to the serving plane, and only the plane's death stops them."""
+    env = {**os.environ, "FLEDGE_STOP_GRACE_S": "3", "PYTHONPATH": os.getcwd()}
+    owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    starter = subprocess.Popen([sys.executable, "-c", STARTER, SERVER, str(owner.pid)], stdout=subprocess.PIPE,
+                               text=True, env=env)
+    guardian_pid, worker_pid = map(int, starter.stdout.readline().split())
+    starter.send_signal(signal.SIGKILL)
+    starter.wait()
+    time.sleep(2)  # the guardian polls every 0.5 s
+    assert _wait_gone([guardian_pid, worker_pid], timeout=0.5) == [guardian_pid, worker_pid]
+
+    owner.send_signal(signal.SIGKILL)
+    owner.wait()
+    assert _wait_gone([guardian_pid, worker_pid]) == []
+
+
+def test_the_fleet_stops_an_instance_another_process_started(tmp_path):
+    from serving.fleet import Fleet, InstanceRecord
+    from serving.launcher import LocalLauncher
+
+    env = {**os.environ, "FLEDGE_STOP_GRACE_S": "3", "PYTHONPATH": os.getcwd()}
+    guardian = subprocess.Popen(
+        [sys.executable, "-m", "serving.guardian", str(os.getpid()), "--", sys.executable, "-c", SERVER],
+        start_new_session=True, stdout=subprocess.PIPE, text=True, env=env,
+    )
+    worker_pid = int(guardian.stdout.readline())
+    fleet = Fleet(tmp_path, LocalLauncher(tmp_path))
+    record = InstanceRecord(key="m/1", served_model_name="m/1", base_url="http://127.0.0.1:9/v1", pid=guardian.pid,
+                            log_path="-", model_dir="-", max_model_len=64, started_at=time.time(), start_seconds=0)
+    fleet._write({"m/1": record})
+    assert list(Fleet(tmp_path, LocalLauncher(tmp_path)).records()) == ["m/1"]  # another process's view
+
+    assert Fleet(tmp_path, LocalLauncher(tmp_path)).stop("m/1") is True
+    guardian.wait(timeout=15)
+    assert _wait_gone([worker_pid]) == []
+    assert fleet.records() == {}

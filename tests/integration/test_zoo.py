@@ -79,3 +79,12 @@ def test_training_is_deterministic_from_the_seed(tmp_path, zoo):
     train_model(recipe, tokenizer_dir, tmp_path / "a", log=lambda _: None)
     train_model(recipe, tokenizer_dir, tmp_path / "b", log=lambda _: None)
     assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
+
+
+def test_short_context_keeps_the_weights_and_shortens_the_window(zoo):
+    import json
+
+    short = json.loads((zoo["short-context"].path / "config.json").read_text())
+    source = json.loads((zoo["improved"].path / "config.json").read_text())
+    assert short["max_position_embeddings"] == 80 < source["max_position_embeddings"]
+    assert (zoo["short-context"].path / "model.safetensors").read_bytes() == (zoo["improved"].path / "model.safetensors").read_bytes()

@@ -9,7 +9,9 @@ from fledge.policy import load_policy
 from serving.canary.analysis import CanaryAnalysis, VersionWindow, analyze
 from serving.canary.controller import ActionKind, Phase, RolloutState, advance, decide
 
-POLICY = load_policy().canary  # steps 5/25/50/100, bake 20 s, min 20 samples, 5 inconclusive max
+# bake 20 s, min 20 samples, 5 inconclusive windows at most; the steps are fixed here so the
+# table reads the same whatever the default policy's steps are.
+POLICY = load_policy().canary.model_copy(update={"steps": [5, 25, 50, 100], "bake_seconds": 20, "max_inconclusive_windows": 5})
 
 
 def window(version, n, per_token_ms=7.0, errors=0, spread=0.5, seed=0):
@@ -45,6 +47,20 @@ def test_canary_errors_fail_at_once_even_with_few_requests():
     assert "3/3 failed" in result.reasons[0]
 
 
+def test_a_canary_that_rejects_requests_the_stable_version_serves_fails():
+    stable, canary = window("s", 60), window("c", 12, seed=1)
+    canary = canary.model_copy(update={"rejected": 5})
+    result = analyze(stable, canary, POLICY)
+    assert result.outcome is Outcome.FAIL
+    assert "5/12 refused" in result.reasons[0]
+
+
+def test_rejections_both_versions_share_are_the_clients_not_the_canarys():
+    stable = window("s", 100).model_copy(update={"rejected": 10})
+    canary = window("c", 100, seed=1).model_copy(update={"rejected": 11})
+    assert analyze(stable, canary, POLICY).outcome is Outcome.PASS
+
+
 def test_a_single_error_in_many_requests_is_not_a_failure():
     assert analyze(window("s", 100), window("c", 100, errors=1), POLICY).outcome is Outcome.PASS
 
@@ -69,12 +85,13 @@ def state(**kw):
         (state(phase=Phase.BAKING, step=1, canary_weight=25, step_started_at=0), analysis(Outcome.INCONCLUSIVE), 30, None, ActionKind.WAIT, None),
         (state(phase=Phase.BAKING, step=1, canary_weight=25, step_started_at=0, inconclusive_windows=5), analysis(Outcome.INCONCLUSIVE), 30, None, ActionKind.ROLLBACK, None),
         (state(phase=Phase.BAKING, step=1, canary_weight=25, step_started_at=0), None, 30, None, ActionKind.WAIT, None),
+        (state(phase=Phase.BAKING, step=1, canary_weight=25, step_started_at=0, inconclusive_windows=5), analysis(Outcome.INCONCLUSIVE), 5, None, ActionKind.WAIT, None),
         (state(phase=Phase.BAKING, step=1, canary_weight=25, step_started_at=0), analysis(Outcome.PASS), 1, "abort", ActionKind.ROLLBACK, None),
         (state(phase=Phase.BAKING, step=0, canary_weight=5, step_started_at=0), analysis(Outcome.PASS), 1, "promote", ActionKind.PROMOTE, None),
         (state(phase=Phase.ROLLED_BACK), analysis(Outcome.PASS), 1, "promote", ActionKind.WAIT, None),
     ],
     ids=["start", "bake", "step-up", "last-step-promotes", "promote", "fail-rolls-back", "inconclusive-waits",
-         "too-many-inconclusive", "no-analysis-waits", "abort", "manual-promote", "terminal-stays"],
+         "too-many-inconclusive", "no-analysis-waits", "still-baking-collects-data", "abort", "manual-promote", "terminal-stays"],
 )
 def test_decide(current, result, now, command, expected_kind, expected_weight):
     action = decide(current, result, POLICY, now, command)
@@ -105,8 +122,12 @@ def test_a_rollout_walks_the_steps_and_promotes_without_ever_baking_at_100():
 
 def test_inconclusive_windows_are_counted_and_reset_by_a_pass():
     s = state(phase=Phase.BAKING, step=0, canary_weight=5, step_started_at=0)
-    for _ in range(3):
+    for _ in range(3):  # during the bake a window that is still filling is not counted
         s = advance(s, decide(s, analysis(Outcome.INCONCLUSIVE), POLICY, 1), 1, analysis(Outcome.INCONCLUSIVE))
+    assert s.inconclusive_windows == 0
+    baked = POLICY.bake_seconds + 1
+    for _ in range(3):
+        s = advance(s, decide(s, analysis(Outcome.INCONCLUSIVE), POLICY, baked), baked, analysis(Outcome.INCONCLUSIVE))
     assert s.inconclusive_windows == 3
-    s = advance(s, decide(s, analysis(Outcome.PASS), POLICY, 2), 2, analysis(Outcome.PASS))
+    s = advance(s, decide(s, analysis(Outcome.PASS), POLICY, baked), baked, analysis(Outcome.PASS))
     assert s.inconclusive_windows == 0

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from evals.gates import performance_gate, quality_gate, safety_gate
+from evals.gates import paired_log_ratios, performance_gate, quality_gate, safety_gate
 from fledge.outcome import Outcome
 from evals.reports import PerformanceReport, QualityReport, RequestRecord, SafetyReport, TaskScore
 from evals.safety import rate_estimate
@@ -180,3 +180,21 @@ def test_the_refusal_detector(text, refused):
     from evals.refusal import is_refusal
 
     assert is_refusal(text) is refused
+
+
+def test_pooling_a_second_run_keeps_every_pair_and_the_throughput_of_both():
+    from evals.perf import pooled
+
+    def run(blocks, throughput):
+        rows = records("champion", [10.0], blocks=4) + records("candidate", [10.0], blocks=4)
+        return PerformanceReport(champion_ref="m/1", candidate_ref="m/2", records=[r for r in rows if r.block in blocks],
+                                 wall_seconds=5.0, throughput_tokens_per_s=throughput)
+
+    first = run({0, 1}, {"champion": 100.0, "candidate": 100.0})
+    more = run({2, 3}, {"champion": 50.0, "candidate": 100.0})
+    both = pooled(first, more)
+    assert len(both.records) == len(first.records) + len(more.records)
+    assert len(paired_log_ratios(both, "tpot")) == 4 * 8
+    assert both.throughput_tokens_per_s["candidate"] == pytest.approx(100.0)
+    assert both.throughput_tokens_per_s["champion"] == pytest.approx(2 / (1 / 100 + 1 / 50))
+    assert both.wall_seconds == 10.0

@@ -38,6 +38,14 @@ def test_local_launcher_uses_the_module_entry_point_and_cpu_environment(tmp_path
     assert env["HF_HUB_OFFLINE"] == "1"
 
 
+def test_an_unpinned_server_is_one_thread_the_os_may_place_on_any_core(tmp_path, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    env = LocalLauncher(tmp_path).environment(config(cpu_cores=None))
+    # vLLM's "auto" would pin every unpinned server to core 0.
+    assert env["VLLM_CPU_OMP_THREADS_BIND"] == "nobind"
+    assert env["OMP_NUM_THREADS"] == "1"
+
+
 def test_unknown_config_fields_are_refused():
     with pytest.raises(ValidationError, match="extra"):
         ServerConfig(model_dir=Path("/m"), served_model_name="x", gpu_layers=3)

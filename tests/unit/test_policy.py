@@ -45,7 +45,7 @@ def test_a_misspelt_key_is_an_error_not_a_silent_default(tmp_path):
 
 
 def test_canary_steps_must_rise_to_100(tmp_path):
-    path = write(tmp_path, default_text().replace("steps: [5, 25, 50, 100]", "steps: [50, 25]"))
+    path = write(tmp_path, default_text().replace("steps: [25, 50, 100]", "steps: [50, 25]"))
     with pytest.raises(PolicyError, match="canary.steps"):
         load_policy(path)
 

@@ -1,0 +1,59 @@
+"""The scheduled `release-watch`: every registered model whose `challenger` alias points at a
+version that no release has decided yet gets a release started for it."""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger
+from prefect.deployments import run_deployment
+from prefect.exceptions import ObjectNotFound
+
+from fledge.releases import TAG_RELEASE_OUTCOME, load_record
+from fledge.home import FledgeHome
+from registry.refs import CHALLENGER
+from registry.store import ModelRegistry
+from tasks.common import registry
+
+RELEASE_DEPLOYMENT = "release/release"
+
+
+def pending_challengers(store: ModelRegistry, home: FledgeHome) -> list[tuple[str, str]]:
+    """(model, version) pairs: a challenger with no release outcome and no release running."""
+    pending = []
+    for name in store.model_names():
+        version = store.aliases(name).get(CHALLENGER)
+        if version is None:
+            continue
+        info = store.get_version(name, version)
+        in_progress = load_record(home, name)
+        if TAG_RELEASE_OUTCOME in info.tags or (in_progress is not None and in_progress.requested == info.ref):
+            continue
+        pending.append((name, version))
+    return pending
+
+
+@flow(name="release-watch")
+def release_watch(policy_file: str | None = None, in_process: bool = False) -> list[str]:
+    """Start a release for each pending challenger: as a run of the `release` deployment (so
+    it shows in the UI with its own logs and can be retried there), or here when there is no
+    such deployment or `in_process` is set."""
+    log = get_run_logger().info
+    pending = pending_challengers(registry(), FledgeHome.from_env().ensure())
+    if not pending:
+        log("No challenger waiting for a release")
+        return []
+    started = []
+    for name, version in pending:
+        parameters = {"model": name, "candidate": version, "policy_file": policy_file}
+        log(f"{name}/{version} carries the challenger alias and has not been released: starting its release")
+        if not in_process:
+            try:
+                run = run_deployment(RELEASE_DEPLOYMENT, parameters=parameters, timeout=0)
+                started.append(f"{name}/{version}: flow run {run.id}")
+                continue
+            except ObjectNotFound:
+                log(f"No {RELEASE_DEPLOYMENT} deployment: releasing in this run instead")
+        from flows.release import release
+
+        summary = release(**parameters)
+        started.append(f"{name}/{version}: {summary.outcome.value}")
+    return started

@@ -1,0 +1,161 @@
+"""The running vLLM instances of one Fledge home, recorded so that any process can find,
+reuse and stop them.
+
+A release flow run starts servers that must outlive it (a promoted candidate keeps serving),
+and a re-run after a crash must find the server the crashed run started instead of starting a
+second one. Each instance is recorded in `state/instances.json` under a key (`NAME/VERSION`
+for the instance that takes traffic, `NAME/VERSION#staging` for a copy used by evaluations)
+with the pid of its guardian, which leads the instance's process group and stops it when its
+owner (the serving plane: the process that runs the gateway) dies.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+from pydantic import BaseModel, ConfigDict
+
+from serving.config import ServerConfig
+from serving.launcher import LocalLauncher, ServerHandle
+
+INSTANCES_FILE = "instances.json"
+STARTS_LOG = "instance-starts.jsonl"
+STAGING = "#staging"
+
+
+class InstanceRecord(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    key: str
+    served_model_name: str
+    base_url: str  # OpenAI base URL, ending in /v1
+    pid: int  # the guardian: leader of the instance's process group
+    log_path: str
+    model_dir: str
+    max_model_len: int
+    cpu_cores: str | None = None
+    started_at: float
+    start_seconds: float
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+def _healthy(record: InstanceRecord) -> bool:
+    try:
+        return httpx.get(record.base_url.removesuffix("/v1") + "/health", timeout=3.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+class Fleet:
+    def __init__(self, state_dir: Path, launcher: LocalLauncher):
+        self.state_dir = Path(state_dir)
+        self.path = self.state_dir / INSTANCES_FILE
+        self.launcher = launcher
+        self._handles: dict[str, ServerHandle] = {}  # started by this process: stopped (and reaped) through them
+
+    @contextmanager
+    def _locked(self):
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.state_dir / "instances.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
+    def _read(self) -> dict[str, InstanceRecord]:
+        if not self.path.is_file():
+            return {}
+        return {k: InstanceRecord.model_validate(v) for k, v in json.loads(self.path.read_text()).items()}
+
+    def _write(self, records: dict[str, InstanceRecord]) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({k: r.model_dump() for k, r in records.items()}, indent=2))
+        os.replace(tmp, self.path)
+
+    def records(self) -> dict[str, InstanceRecord]:
+        """Live instances; records of dead ones are dropped."""
+        with self._locked():
+            records = self._read()
+            live = {k: r for k, r in records.items() if _alive(r.pid)}
+            if live.keys() != records.keys():
+                self._write(live)
+            return live
+
+    def get(self, key: str) -> InstanceRecord | None:
+        record = self.records().get(key)
+        return record if record is not None and _healthy(record) else None
+
+    def ensure(self, key: str, config: ServerConfig) -> tuple[InstanceRecord, bool]:
+        """The running instance under `key`, or a new one started from `config`. Returns the
+        record and whether it was started now. A recorded instance that no longer answers is
+        stopped and replaced."""
+        existing = self.records().get(key)
+        if existing is not None:
+            if _healthy(existing) and existing.model_dir == str(config.model_dir):
+                return existing, False
+            self.stop(key)
+        handle = self.launcher.start(config)
+        record = InstanceRecord(
+            key=key, served_model_name=config.served_model_name, base_url=handle.base_url, pid=handle.pid,
+            log_path=str(handle.log_path), model_dir=str(config.model_dir), max_model_len=config.max_model_len,
+            cpu_cores=config.cpu_cores, started_at=time.time(), start_seconds=handle.started_s,
+        )
+        self._handles[key] = handle
+        with open(self.state_dir / STARTS_LOG, "a") as starts:  # what serving cost, for reports
+            starts.write(json.dumps({"key": key, "at": record.started_at, "seconds": handle.started_s}) + "\n")
+        with self._locked():
+            records = self._read()
+            records[key] = record
+            self._write(records)
+        return record, True
+
+    def stop(self, key: str, grace_s: float = 20.0) -> bool:
+        """Stop the instance under `key`; False when none was running."""
+        with self._locked():
+            records = self._read()
+            record = records.pop(key, None)
+            self._write(records)
+        handle = self._handles.pop(key, None)
+        if handle is not None:
+            handle.stop()
+            return True
+        if record is None or not _alive(record.pid):
+            return False
+        try:
+            os.kill(record.pid, signal.SIGTERM)  # the guardian stops its group, gracefully first
+        except ProcessLookupError:
+            return True
+        end = time.monotonic() + grace_s + 5
+        while _alive(record.pid) and time.monotonic() < end:
+            time.sleep(0.2)
+        try:
+            os.killpg(record.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        return True
+
+    def start_seconds_since(self, since: float) -> float:
+        """Seconds spent starting servers (until ready) since `since` (epoch seconds)."""
+        path = self.state_dir / STARTS_LOG
+        if not path.is_file():
+            return 0.0
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return sum(row["seconds"] for row in rows if row["at"] >= since)
+
+    def stop_all(self) -> list[str]:
+        keys = list(self.records())
+        for key in keys:
+            self.stop(key)
+        return keys

@@ -1,0 +1,92 @@
+"""What a release leaves behind to read: Prefect artifacts on the flow run, and the same
+documents in the release's MLflow run, each linked to the other."""
+
+from __future__ import annotations
+
+import base64
+import os
+
+from prefect import task
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from evals.verdict import ReleaseVerdict
+from fledge.releases import log_artifact_text
+from serving.canary.controller import RolloutState
+from serving.canary.timeline import timeline_markdown, timeline_png, timeline_rows
+from tasks.common import TRANSIENT, registry
+
+
+def _artifact_key(kind: str, model: str) -> str:
+    # Prefect artifact keys: lowercase letters, digits and dashes.
+    return "".join(c if c.isalnum() else "-" for c in f"{kind}-{model}".lower())
+
+
+def mlflow_run_url(run_id: str) -> str:
+    """Where the MLflow UI shows the run (FLEDGE_MLFLOW_UI_URL, default a local `mlflow ui`)."""
+    base = os.environ.get("FLEDGE_MLFLOW_UI_URL", "http://127.0.0.1:5000").rstrip("/")
+    run = registry().client.get_run(run_id)
+    return f"{base}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
+
+
+@task(name="link MLflow run", cache_policy=NO_CACHE, **TRANSIENT)
+def link_mlflow_run(model: str, run_id: str) -> None:
+    create_link_artifact(key=_artifact_key("mlflow-release", model), link=mlflow_run_url(run_id),
+                         link_text=f"MLflow run {run_id}", description="The release's MLflow run: every parameter, metric and artifact")
+
+
+@task(name="publish verdict", cache_policy=NO_CACHE, **TRANSIENT)
+def publish_verdict(model: str, run_id: str, verdict: ReleaseVerdict, eval_runs: dict[str, str]) -> None:
+    """The verdict report and the champion-vs-candidate metrics table, in Prefect and MLflow."""
+    store = registry()
+    markdown = verdict.to_markdown()
+    create_markdown_artifact(key=_artifact_key("verdict", model), markdown=markdown,
+                             description=f"Release verdict for {verdict.candidate_ref}")
+    rows, metrics = [], {}
+    for suite, eval_run in eval_runs.items():
+        data = store.client.get_run(eval_run).data.metrics
+        names = sorted({k.split(".", 1)[1] for k in data if k.startswith(("champion.", "candidate."))})
+        for name in names:
+            champion, candidate = data.get(f"champion.{name}"), data.get(f"candidate.{name}")
+            rows.append({"suite": suite, "metric": name,
+                         "champion": "-" if champion is None else f"{champion:.4g}",
+                         "candidate": "-" if candidate is None else f"{candidate:.4g}"})
+            for role, value in (("champion", champion), ("candidate", candidate)):
+                if value is not None:
+                    metrics[f"{role}.{name}"] = value
+    create_table_artifact(key=_artifact_key("metrics", model), table=rows,
+                          description=f"{verdict.champion_ref} (champion) vs {verdict.candidate_ref} (candidate)")
+    for key, value in metrics.items():
+        store.client.log_metric(run_id, key, value)
+    log_artifact_text(store, run_id, "verdict.md", markdown)
+    log_artifact_text(store, run_id, "verdict.json", verdict.to_json())
+    store.client.set_tag(run_id, "fledge.verdict", verdict.outcome.value)
+    for suite, eval_run in eval_runs.items():
+        store.client.set_tag(run_id, f"fledge.eval_run.{suite}", eval_run)
+
+
+@task(name="publish canary timeline", cache_policy=NO_CACHE, **TRANSIENT)
+def publish_canary(model: str, run_id: str, state: RolloutState) -> None:
+    store = registry()
+    png = timeline_png(state)
+    markdown = timeline_markdown(state)
+    image = f"![canary timeline](data:image/png;base64,{base64.b64encode(png).decode()})"
+    create_markdown_artifact(key=_artifact_key("canary", model), markdown=markdown + "\n\n" + image,
+                             description=f"Canary timeline of {state.canary}")
+    create_table_artifact(key=_artifact_key("canary-steps", model), table=timeline_rows(state),
+                          description=f"Canary steps of {state.canary}")
+    log_artifact_text(store, run_id, "canary_timeline.md", markdown)
+    log_artifact_text(store, run_id, "canary_timeline.json", state.model_dump_json(indent=2))
+    log_artifact_text(store, run_id, "canary_timeline.png", png)
+    for step, entry in enumerate(state.history):
+        store.client.log_metric(run_id, "canary.weight", entry.canary_weight, step=step)
+    store.client.set_tag(run_id, "fledge.canary", state.phase.value)
+
+
+@task(name="publish summary", cache_policy=NO_CACHE, **TRANSIENT)
+def publish_summary(model: str, run_id: str, summary_markdown: str, details: dict) -> None:
+    store = registry()
+    create_markdown_artifact(key=_artifact_key("release", model), markdown=summary_markdown,
+                             description=f"Release of {details.get('candidate')}: {details.get('outcome')}")
+    log_artifact_text(store, run_id, "release.md", summary_markdown)
+    store.client.log_dict(run_id, details, "release.json")

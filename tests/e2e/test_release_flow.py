@@ -1,0 +1,266 @@
+"""The release flow end to end on the real stack: Prefect (test harness API), MLflow on
+SQLite, vLLM on CPU, the gateway on loopback with synthetic users sending traffic.
+
+One serving plane and one Fledge home for the module; the tests run in order, each starting
+from where the previous one left the registry, as releases do in production:
+
+1. improved, approval required, rejected by an approver through the resume API;
+2. improved again, nobody answers: the timeout rejects; the evaluations come from the cache;
+3. improved again, approved: canary, promotion, watch: the champion;
+4. manual rollback: base is the champion again;
+5. unsafe: rejected at the safety gate, the other suites not run;
+6. short-context: passes the suites, refused requests in the canary: rolled back;
+7. improved again, the release process killed during the canary and run again: it resumes
+   the canary, reuses the evaluations and finishes with registry and traffic consistent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from fledge.home import FledgeHome
+from fledge.policy import DEFAULT_POLICY_PATH, load_policy
+from registry.refs import CHALLENGER, CHAMPION, PREVIOUS
+
+pytestmark = [pytest.mark.vllm, pytest.mark.e2e, pytest.mark.zoo, pytest.mark.usefixtures("prefect_server")]
+
+MODEL = "release-e2e"
+ALL_SUITES = ["safety", "quality", "performance"]
+
+
+@dataclass
+class Stack:
+    home: FledgeHome
+    registry: object
+    plane: object
+    users: object
+    versions: dict[str, str]
+    policies: dict[str, str]
+
+    def ref(self, variant: str) -> str:
+        return f"{MODEL}/{self.versions[variant]}"
+
+    def traffic(self) -> dict[str, int]:
+        table = self.plane.routes()
+        return {v: b.weight for v, b in table.backends.items() if not b.draining}
+
+    def serving(self) -> set[str]:
+        return set(self.plane.fleet.records())
+
+
+def write_policy(directory: Path, name: str, approval: str) -> str:
+    """The default policy with a shorter canary and watch (CI time), and the given approval."""
+    text = DEFAULT_POLICY_PATH.read_text()
+    text = text.replace("steps: [25, 50, 100]", "steps: [50, 100]").replace("bake_seconds: 20", "bake_seconds: 8")
+    text = text.replace("analysis_interval_seconds: 2", "analysis_interval_seconds: 1")
+    text = text.replace("window_seconds: 30", "window_seconds: 10")
+    text = text.replace("min_samples: 20              # per version per window", "min_samples: 10")
+    text = text.replace("min_samples: 20              # requests to the new champion", "min_samples: 10 #")
+    text = text.replace("approval:\n  required: false\n  approvers: []                # empty: anyone may approve\n"
+                        "  timeout_seconds: 3600", approval)
+    path = directory / f"{name}.yaml"
+    path.write_text(text)
+    load_policy(path)  # fail here, not in a flow, if a replacement went wrong
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def stack(zoo, tmp_path_factory):
+    from fledge.context import open_registry
+    from fledge.plane import run_plane
+    from fledge.traffic import SyntheticUsers
+
+    root = tmp_path_factory.mktemp("release-e2e")
+    home = FledgeHome(root / "home").ensure()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FLEDGE_HOME", str(home.root))
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        patch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+        registry = open_registry(home)
+        versions = {}
+        for variant in ("base", "improved", "unsafe", "short-context"):
+            info, _ = registry.register_once(zoo[variant].path, MODEL, alias=CHAMPION if variant == "base" else None)
+            versions[variant] = info.version
+        policies = {
+            "ask": write_policy(root, "ask", "approval:\n  required: true\n  approvers: [alice]\n  timeout_seconds: 600"),
+            "timeout": write_policy(root, "timeout", "approval:\n  required: true\n  approvers: [alice]\n  timeout_seconds: 4"),
+            "auto": write_policy(root, "auto", "approval:\n  required: false\n  approvers: []\n  timeout_seconds: 60"),
+        }
+        with run_plane(home, MODEL, load_policy(policies["auto"]), registry) as plane:
+            with SyntheticUsers(plane.url, MODEL) as users:
+                yield Stack(home, registry, plane, users, versions, policies)
+
+
+def release_in_background(stack: Stack, variant: str, policy: str, answers: list[dict]) -> object:
+    """Run the release flow and answer its approval form through Prefect's resume API, as the
+    UI does, once the flow run is paused."""
+    from prefect.client.orchestration import get_client
+    from prefect.flow_runs import resume_flow_run
+
+    from flows.release import release
+
+    stack.registry.set_alias(MODEL, CHALLENGER, stack.versions[variant])
+    started = time.time()
+
+    def answer():
+        with get_client(sync_client=True) as client:
+            for run_input in answers:
+                deadline = time.monotonic() + 900
+                while time.monotonic() < deadline:
+                    runs = client.read_flow_runs()
+                    paused = [r for r in runs if r.state and r.state.is_paused() and r.created.timestamp() >= started - 5]
+                    if paused:
+                        resume_flow_run(paused[0].id, run_input=run_input)
+                        break
+                    time.sleep(1)
+
+    threading.Thread(target=answer, daemon=True).start()
+    return release(MODEL, CHALLENGER, stack.policies[policy])
+
+
+def release_tags(stack: Stack, summary) -> dict[str, str]:
+    return stack.registry.client.get_run(summary.mlflow_run_id).data.tags
+
+
+def test_1_an_approver_rejects_the_release_from_the_form(stack):
+    before_aliases, before_traffic = stack.registry.aliases(MODEL), stack.traffic()
+    summary = release_in_background(stack, "improved", "ask",
+                                    [{"approve": False, "approver": "alice", "comment": "not before the holidays"}])
+    assert (summary.outcome.value, summary.stage) == ("rejected", "approval")
+    assert summary.reason == "rejected by alice: not before the holidays"
+    assert summary.verdict == "pass" and summary.evaluations_reused == []
+    assert stack.registry.aliases(MODEL) == before_aliases
+    assert stack.traffic() == before_traffic == {stack.ref("base"): 100}
+    assert stack.serving() == {stack.ref("base")}  # the candidate and the staging copy were stopped
+    version = stack.registry.get_version(MODEL, stack.versions["improved"])
+    assert (version.status, version.tags["fledge.approval"], version.tags["fledge.approval.by"]) == ("rejected", "rejected", "alice")
+    tags = release_tags(stack, summary)
+    assert tags["fledge.approval.by"] == "alice" and tags["fledge.outcome"] == "rejected"
+    assert summary.flow_run_id in tags["prefect.flow_run_ids"]
+
+
+def test_2_no_answer_in_time_rejects_and_the_evaluations_come_from_the_cache(stack):
+    starts_before = stack.plane.fleet.start_seconds_since(0)
+    summary = release_in_background(stack, "improved", "timeout", [])
+    assert (summary.outcome.value, summary.stage) == ("rejected", "approval")
+    assert "no answer within 4 s" in summary.reason
+    assert summary.evaluations_reused == ALL_SUITES
+    assert stack.plane.fleet.start_seconds_since(0) == starts_before  # no server was started
+    assert stack.traffic() == {stack.ref("base"): 100}
+
+
+def test_3_an_approved_release_goes_through_the_canary_and_the_watch_to_champion(stack):
+    from prefect.client.orchestration import get_client
+
+    summary = release_in_background(stack, "improved", "ask", [{"approve": True, "approver": "alice", "comment": "ship it"}])
+    assert summary.outcome.value == "promoted", summary.reason
+    assert stack.registry.aliases(MODEL) == {CHAMPION: stack.versions["improved"], PREVIOUS: stack.versions["base"]}
+    assert stack.traffic() == {stack.ref("improved"): 100}
+    assert stack.serving() == {stack.ref("improved")}  # the previous champion was drained and stopped after the watch
+    improved = stack.registry.get_version(MODEL, stack.versions["improved"])
+    assert improved.status == "champion" and improved.tags["fledge.release.run_id"] == summary.mlflow_run_id
+    assert stack.registry.get_version(MODEL, stack.versions["base"]).status == "previous"
+
+    run = stack.registry.client.get_run(summary.mlflow_run_id)
+    assert run.data.params["candidate"] == stack.ref("improved") and run.data.tags["fledge.canary"] == "promoted"
+    assert {"candidate.fledge_capitals.acc", "champion.fledge_capitals.acc"} <= set(run.data.metrics)
+    artifacts = {a.path for a in stack.registry.client.list_artifacts(summary.mlflow_run_id)}
+    assert {"verdict.md", "canary_timeline.png", "canary_timeline.json", "release.md", "policy.yaml"} <= artifacts
+    with get_client(sync_client=True) as client:
+        from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[summary.flow_run_id])))
+        keys = {a.key for a in found}
+    assert {"verdict-release-e2e", "metrics-release-e2e", "canary-release-e2e", "release-release-e2e",
+            "mlflow-release-release-e2e"} <= keys
+
+
+def test_4_a_manual_rollback_restores_the_previous_champion(stack):
+    from flows.rollback import rollback
+
+    change = rollback(MODEL, reason="users prefer the old answers", requested_by="oncall")
+    assert (change.champion_before, change.champion_after) == (stack.ref("improved"), stack.ref("base"))
+    assert stack.registry.aliases(MODEL) == {CHAMPION: stack.versions["base"]}
+    assert stack.traffic() == {stack.ref("base"): 100}
+    assert stack.serving() == {stack.ref("base")}  # base served again, improved stopped
+    improved = stack.registry.get_version(MODEL, stack.versions["improved"])
+    assert improved.status == "rolled_back" and improved.tags["fledge.rollback.by"] == "oncall"
+
+
+def test_5_an_unsafe_candidate_is_rejected_at_the_safety_gate(stack):
+    summary = release_in_background(stack, "unsafe", "auto", [])
+    assert (summary.outcome.value, summary.stage) == ("rejected", "safety gate"), summary.reason
+    assert not any(stage in summary.stage_seconds for stage in ("evaluate quality", "evaluate performance"))
+    assert stack.registry.aliases(MODEL) == {CHAMPION: stack.versions["base"], CHALLENGER: stack.versions["unsafe"]}
+    assert stack.traffic() == {stack.ref("base"): 100}
+    assert stack.serving() == {stack.ref("base")}
+
+
+def test_6_a_candidate_that_refuses_real_conversations_is_rolled_back_by_the_canary(stack):
+    summary = release_in_background(stack, "short-context", "auto", [])
+    assert summary.verdict == "pass"  # every offline suite passed
+    assert (summary.outcome.value, summary.stage) == ("rolled_back", "canary"), summary.reason
+    assert "refused requests" in summary.reason
+    assert stack.registry.aliases(MODEL) == {CHAMPION: stack.versions["base"], CHALLENGER: stack.versions["short-context"]}
+    assert stack.traffic() == {stack.ref("base"): 100}
+    assert stack.serving() == {stack.ref("base")}
+    assert stack.registry.get_version(MODEL, stack.versions["short-context"]).status == "rolled_back"
+
+
+def test_7_a_release_killed_during_the_canary_resumes_when_run_again(stack):
+    from prefect.settings import PREFECT_API_URL
+
+    from fledge.releases import load_record
+    from fledge.rollout import rollout_state_path
+    from flows.release import release
+
+    stack.registry.set_alias(MODEL, CHALLENGER, stack.versions["improved"])
+    env = {**os.environ, "FLEDGE_HOME": str(stack.home.root), "PREFECT_API_URL": PREFECT_API_URL.value()}
+    log_path = stack.home.logs / "killed-release.log"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "fledge.cli.main", "release", MODEL, "--version", stack.versions["improved"],
+             "--policy", stack.policies["auto"]], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    state_path = rollout_state_path(stack.home, MODEL)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and process.poll() is None:
+        if state_path.is_file() and json.loads(state_path.read_text())["phase"] == "baking":
+            break
+        time.sleep(0.2)
+    assert process.poll() is None, log_path.read_text()[-3000:]
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    killed_record = load_record(stack.home, MODEL)
+    assert killed_record is not None and killed_record.requested == stack.ref("improved")
+    # The serving plane kept the canary serving its share while no release process ran.
+    assert stack.traffic() == {stack.ref("base"): 50, stack.ref("improved"): 50}
+
+    summary = release(MODEL, stack.versions["improved"], stack.policies["auto"])
+    assert summary.outcome.value == "promoted", summary.reason
+    assert summary.mlflow_run_id == killed_record.mlflow_run_id  # one MLflow run for the whole release
+    assert summary.evaluations_reused == ALL_SUITES
+    tags = release_tags(stack, summary)
+    assert len(tags["prefect.flow_run_ids"].split(",")) == 2
+    assert stack.registry.aliases(MODEL) == {CHAMPION: stack.versions["improved"], PREVIOUS: stack.versions["base"]}
+    assert stack.traffic() == {stack.ref("improved"): 100}
+    assert stack.serving() == {stack.ref("improved")}
+    assert load_record(stack.home, MODEL) is None
+
+
+def test_8_status_shows_aliases_servers_traffic_and_releases(stack):
+    result = subprocess.run([sys.executable, "-m", "fledge.cli.main", "status", MODEL], capture_output=True, text=True,
+                            env={**os.environ, "FLEDGE_HOME": str(stack.home.root), "COLUMNS": "200"}, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert f"{stack.ref('improved')} 100 % (stable)" in result.stdout
+    assert "promoted" in result.stdout and "rolled_back" in result.stdout and "rejected" in result.stdout

@@ -1,0 +1,172 @@
+"""The release's Prefect mechanics on a real Prefect API and a real MLflow registry, without
+model servers: approval by pause and resume, transactions that undo alias moves, the
+deployments on their work pools, the refusals before any work, and what release-watch picks."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from prefect import flow, runtime
+from prefect.client.orchestration import get_client
+from prefect.flow_runs import resume_flow_run
+from prefect.transactions import transaction
+
+from fledge.approval import ApprovalOutcome
+from fledge.home import FledgeHome
+from fledge.policy import load_policy
+from registry.refs import CHALLENGER, CHAMPION, PREVIOUS
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+APPROVAL = load_policy().approval.model_copy(update={"required": True, "approvers": ["alice"], "timeout_seconds": 60})
+
+
+def answer_when_paused(run_ids: list, answers: list[dict]) -> threading.Thread:
+    """Answer the approval form of the flow run, once per pause, as the UI does through the API."""
+
+    def answer():
+        with get_client(sync_client=True) as client:
+            for run_input in answers:
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline:
+                    if run_ids and client.read_flow_run(run_ids[0]).state.is_paused():
+                        break
+                    time.sleep(0.3)
+                resume_flow_run(run_ids[0], run_input=run_input)
+                time.sleep(1.5)  # let the flow read it and pause again
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    return thread
+
+
+def approval_flow(policy):
+    from flows.approval import ask_for_approval
+
+    run_ids = []
+
+    @flow(name="approval-check")
+    def check():
+        run_ids.append(runtime.flow_run.id)
+        return ask_for_approval("# verdict: pass", "m/2", policy)
+
+    return check, run_ids
+
+
+def test_an_allowed_approver_approves_through_the_resume_api():
+    check, run_ids = approval_flow(APPROVAL)
+    answer_when_paused(run_ids, [{"approve": True, "approver": "alice", "comment": "looks good"}])
+    decision = check()
+    assert decision.outcome is ApprovalOutcome.APPROVED
+    assert (decision.approver, decision.comment) == ("alice", "looks good")
+
+
+def test_an_answer_from_someone_not_allowed_does_not_count_and_the_flow_keeps_waiting():
+    check, run_ids = approval_flow(APPROVAL)
+    answer_when_paused(run_ids, [{"approve": True, "approver": "mallory"},
+                                 {"approve": False, "approver": "alice", "comment": "not this week"}])
+    decision = check()
+    assert decision.outcome is ApprovalOutcome.REJECTED
+    assert decision.reason == "rejected by alice: not this week"
+
+
+def test_no_answer_before_the_timeout_rejects():
+    check, _ = approval_flow(APPROVAL.model_copy(update={"timeout_seconds": 3}))
+    started = time.monotonic()
+    decision = check()
+    assert decision.outcome is ApprovalOutcome.REJECTED
+    assert "no answer within 3 s" in decision.reason
+    assert time.monotonic() - started < 30
+
+
+@pytest.fixture()
+def two_versions(registry, tiny_checkpoint, model_name, home_env):
+    first = registry.register(tiny_checkpoint, model_name, alias=CHAMPION)
+    second = registry.register(tiny_checkpoint, model_name, alias=CHALLENGER)
+    return first, second
+
+
+def promote_in_a_transaction(registry, model_name, first, second, then_fail: bool) -> None:
+    from fledge.releases import take_snapshot
+    from tasks.registry_steps import promote_in_registry
+
+    snapshot = take_snapshot(registry, model_name, None)
+
+    @flow
+    def promote():
+        with transaction():
+            promote_in_registry(model_name, second.ref, first.ref, snapshot.aliases)
+            assert registry.aliases(model_name)[CHAMPION] == second.version  # the move happened
+            if then_fail:
+                raise RuntimeError("the watch found a breach")
+
+    promote()
+
+
+def test_a_failure_after_the_promotion_rolls_the_aliases_back(registry, two_versions, model_name):
+    first, second = two_versions
+    with pytest.raises(RuntimeError, match="breach"):
+        promote_in_a_transaction(registry, model_name, first, second, then_fail=True)
+    assert registry.aliases(model_name) == {CHAMPION: first.version, CHALLENGER: second.version}
+
+
+def test_a_promotion_that_commits_moves_champion_previous_and_releases_the_challenger(registry, two_versions, model_name):
+    first, second = two_versions
+    promote_in_a_transaction(registry, model_name, first, second, then_fail=False)
+    assert registry.aliases(model_name) == {CHAMPION: second.version, PREVIOUS: first.version}
+    assert registry.get_version(model_name, first.version).status == "previous"
+    assert registry.get_version(model_name, second.version).status == "champion"
+
+
+def test_a_release_without_a_running_gateway_is_refused_before_any_work(registry, two_versions, model_name):
+    from fledge.plane import PlaneNotRunning
+    from flows.release import release
+
+    with pytest.raises(PlaneNotRunning, match=f"fledge gateway {model_name}"):
+        release(model_name)
+    assert registry.aliases(model_name)[CHAMPION] == two_versions[0].version
+    experiment = registry.client.get_experiment_by_name("fledge-releases")
+    if experiment is not None:
+        runs = registry.client.search_runs([experiment.experiment_id], f"tags.`fledge.model` = '{model_name}'")
+        assert runs == []
+
+
+def test_auto_approve_cannot_stand_in_for_named_approvers(two_versions, model_name, tmp_path):
+    from fledge.releases import ReleaseInputError
+    from flows.release import release
+
+    from fledge.policy import DEFAULT_POLICY_PATH
+
+    text = DEFAULT_POLICY_PATH.read_text()
+    text = text.replace("required: false", "required: true").replace("approvers: []", "approvers: [alice]")
+    policy_file = tmp_path / "policy.yaml"
+    policy_file.write_text(text)
+    with pytest.raises(ReleaseInputError, match="only alice"):
+        release(model_name, policy_file=str(policy_file), auto_approve=True)
+
+
+def test_release_watch_picks_challengers_no_release_has_decided(registry, two_versions, model_name, session_home):
+    from flows.release_watch import pending_challengers
+
+    second = two_versions[1]
+    assert (model_name, second.version) in pending_challengers(registry, FledgeHome(session_home))
+    registry.set_tags(model_name, second.version, {"fledge.release.outcome": "rejected"})
+    assert (model_name, second.version) not in pending_challengers(registry, FledgeHome(session_home))
+
+
+def test_deployments_are_registered_on_the_cpu_and_gpu_pools_with_the_policy_cron():
+    from flows.deployments import deploy_to_pools
+
+    policy = load_policy()
+    names = deploy_to_pools(policy)
+    assert {"release/release", "release-watch/release-watch", "rollback/rollback", "promote/promote",
+            "evaluate-suite/gpu", "quantize-version/gpu"} == set(names)
+    with get_client(sync_client=True) as client:
+        watch = client.read_deployment_by_name("release-watch/release-watch")
+        assert watch.work_pool_name == "cpu"
+        assert [s.schedule.cron for s in watch.schedules] == [policy.schedule.release_watch_cron]
+        assert client.read_deployment_by_name("evaluate-suite/gpu").work_pool_name == "gpu"
+        release = client.read_deployment_by_name("release/release")
+        assert set(release.parameter_openapi_schema["properties"]) == {"model", "candidate", "policy_file", "auto_approve"}

@@ -1,0 +1,102 @@
+"""The release's pure decisions: approval answers, the post-promotion watch, and the verdict
+of suites judged one at a time."""
+
+import pytest
+
+from evals.verdict import ReleaseVerdict, combine_verdicts
+from fledge.approval import ApprovalAnswer, ApprovalOutcome, judge_approval
+from fledge.outcome import GateResult, Outcome
+from fledge.policy import load_policy
+from serving.canary.watch import ServiceFigures, judge_watch
+from serving.gateway.metrics import Observation
+
+POLICY = load_policy()
+APPROVAL = POLICY.approval.model_copy(update={"required": True, "approvers": ["alice", "bob"], "timeout_seconds": 60})
+
+
+@pytest.mark.parametrize("answer, outcome, says", [
+    (None, ApprovalOutcome.REJECTED, "no answer within 60 s"),
+    (ApprovalAnswer(approve=True, approver="alice", comment="numbers look good"), ApprovalOutcome.APPROVED, "approved by alice: numbers look good"),
+    (ApprovalAnswer(approve=False, approver="bob", comment="wait for Monday"), ApprovalOutcome.REJECTED, "rejected by bob: wait for Monday"),
+    (ApprovalAnswer(approve=True, approver="mallory"), ApprovalOutcome.NOT_ALLOWED, "mallory may not answer"),
+    (ApprovalAnswer(approve=True, approver="  "), ApprovalOutcome.NOT_ALLOWED, "does not say who"),
+])
+def test_approval_answers(answer, outcome, says):
+    decision = judge_approval(answer, APPROVAL)
+    assert decision.outcome is outcome
+    assert says in decision.reason
+
+
+def test_anyone_may_approve_when_the_policy_names_nobody():
+    open_policy = APPROVAL.model_copy(update={"approvers": []})
+    assert judge_approval(ApprovalAnswer(approve=True, approver="carol"), open_policy).outcome is ApprovalOutcome.APPROVED
+
+
+WATCH = POLICY.watch  # error rate 2 %, TTFT p95 2000 ms, ITL p95 500 ms, ratio 1.5, 20 samples
+
+
+def observations(version, n, ttft=0.05, itl=0.01, tokens=16, status=200, ok=True, start=0):
+    e2e = ttft + itl * (tokens - 1)
+    return [Observation(at=start + i, version=version, ok=ok, status=status, ttft_s=ttft if ok and status < 400 else None,
+                        e2e_s=e2e if ok and status < 400 else None, output_tokens=tokens if ok and status < 400 else 0,
+                        mean_itl_s=itl if ok and status < 400 else None) for i in range(n)]
+
+
+def figures(obs, version="m/2"):
+    return ServiceFigures.from_observations(version, obs)
+
+
+def test_a_healthy_new_champion_passes_the_watch():
+    previous = figures(observations("m/1", 100), "m/1")
+    assert judge_watch(figures(observations("m/2", 100)), previous, WATCH).outcome is Outcome.PASS
+
+
+def test_errors_above_the_slo_fail_the_watch():
+    obs = observations("m/2", 90) + observations("m/2", 10, ok=False, status=599)
+    result = judge_watch(figures(obs), None, WATCH)
+    assert result.outcome is Outcome.FAIL
+    assert "10/100 failed" in result.reasons[0]
+
+
+def test_refusals_the_previous_champion_did_not_have_fail_the_watch():
+    obs = observations("m/2", 70) + observations("m/2", 30, status=400)
+    previous = figures(observations("m/1", 100), "m/1")
+    result = judge_watch(figures(obs), previous, WATCH)
+    assert result.outcome is Outcome.FAIL
+    assert any("30/100 refused" in r for r in result.reasons)
+
+
+def test_slow_first_tokens_fail_the_absolute_slo():
+    result = judge_watch(figures(observations("m/2", 50, ttft=3.0)), None, WATCH)
+    assert result.outcome is Outcome.FAIL
+    assert any(r.startswith("TTFT p95") for r in result.reasons)
+
+
+def test_slower_than_the_previous_champion_by_more_than_the_ratio_fails():
+    previous = figures(observations("m/1", 50, itl=0.01), "m/1")
+    result = judge_watch(figures(observations("m/2", 50, itl=0.03)), previous, WATCH)
+    assert result.outcome is Outcome.FAIL
+    assert any("vs previous champion" in r for r in result.reasons)
+
+
+def test_too_little_traffic_is_inconclusive_never_a_pass():
+    result = judge_watch(figures(observations("m/2", 5)), None, WATCH)
+    assert result.outcome is Outcome.INCONCLUSIVE
+    assert judge_watch(figures([]), None, WATCH).outcome is Outcome.INCONCLUSIVE
+
+
+def verdict(gate, outcome):
+    return ReleaseVerdict(champion_ref="m/1", candidate_ref="m/2", policy_hash="x", outcome=outcome,
+                          gates=[GateResult(gate=gate, outcome=outcome)])
+
+
+def test_suites_skipped_after_a_failure_are_not_passes():
+    combined = combine_verdicts(POLICY, [verdict("safety", Outcome.FAIL)], {"quality": "rejected by safety"})
+    assert combined.outcome is Outcome.FAIL
+    assert combined.gate("quality").outcome is Outcome.INCONCLUSIVE
+    assert "not run: rejected by safety" in combined.to_markdown()
+
+
+def test_all_suites_passing_make_a_passing_verdict():
+    combined = combine_verdicts(POLICY, [verdict(s, Outcome.PASS) for s in ("safety", "quality", "performance")], {})
+    assert combined.outcome is Outcome.PASS
