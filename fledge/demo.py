@@ -20,8 +20,11 @@ from rich.table import Table
 
 from fledge.context import open_registry
 from fledge.home import FledgeHome
-from fledge.policy import load_policy
+from fledge.policy import DEFAULT_POLICY_PATH, load_policy
 from registry.refs import CHALLENGER, CHAMPION, PREVIOUS
+
+# The default policy but for the performance gate's tolerance: see the file's header.
+DEMO_POLICY_PATH = DEFAULT_POLICY_PATH.with_name("demo.yaml")
 
 CANDIDATES = [
     ("improved", "promoted"),
@@ -50,6 +53,8 @@ def run_demo(name: str, console: Console, policy_file: str | None = None) -> lis
     from serving.engine import supported_architectures
 
     started, started_at = time.monotonic(), time.time()
+    policy_file = policy_file or str(DEMO_POLICY_PATH)
+    console.print(f"Release policy: {policy_file}", highlight=False)
     home = FledgeHome.from_env().ensure()
     policy = load_policy(policy_file)
     with console.status("Building the model zoo (cached after the first time)...") as status:

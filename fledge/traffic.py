@@ -54,7 +54,7 @@ class SyntheticUsers:
     """`users` threads, each sending one streamed request after another (with a short think
     time) to the gateway under the public model name, until stopped."""
 
-    def __init__(self, gateway_url: str, model: str, users: int = 2, max_tokens: int = 16,
+    def __init__(self, gateway_url: str, model: str, users: int = 2, max_tokens: int = 8,
                  think_s: float = 0.4, seed: int = 0, api_key: str = "fledge-demo"):
         self.base_url = gateway_url.rstrip("/") + "/v1"
         self.model, self.users, self.max_tokens, self.think_s = model, users, max_tokens, think_s

@@ -551,7 +551,7 @@ def deploy(
 @friendly
 def demo(
     name: str = typer.Option("tiny-llama", "--name", help="Registered model name for the demo."),
-    policy_file: Optional[Path] = typer.Option(None, "--policy", help="Release policy YAML (default policies/default.yaml)."),
+    policy_file: Optional[Path] = typer.Option(None, "--policy", help="Release policy YAML (default policies/demo.yaml)."),
 ) -> None:
     """The main job on the embedded defaults: build the zoo, register base as champion, run
     the gateway with synthetic users, and release improved (promoted), unsafe (rejected at the

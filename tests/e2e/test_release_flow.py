@@ -59,8 +59,8 @@ class Stack:
 
 
 def write_policy(directory: Path, name: str, approval: str) -> str:
-    """The default policy with a shorter canary and watch (CI time), and the given approval."""
-    text = DEFAULT_POLICY_PATH.read_text()
+    """The demo's policy with a shorter canary and watch (CI time), and the given approval."""
+    text = DEFAULT_POLICY_PATH.with_name("demo.yaml").read_text()
     text = text.replace("steps: [25, 50, 100]", "steps: [50, 100]").replace("bake_seconds: 20", "bake_seconds: 8")
     text = text.replace("analysis_interval_seconds: 2", "analysis_interval_seconds: 1")
     text = text.replace("window_seconds: 30", "window_seconds: 10")
@@ -133,13 +133,13 @@ def release_tags(stack: Stack, summary) -> dict[str, str]:
 
 
 def test_1_an_approver_rejects_the_release_from_the_form(stack):
-    before_aliases, before_traffic = stack.registry.aliases(MODEL), stack.traffic()
+    before_traffic = stack.traffic()
     summary = release_in_background(stack, "improved", "ask",
                                     [{"approve": False, "approver": "alice", "comment": "not before the holidays"}])
     assert (summary.outcome.value, summary.stage) == ("rejected", "approval")
     assert summary.reason == "rejected by alice: not before the holidays"
     assert summary.verdict == "pass" and summary.evaluations_reused == []
-    assert stack.registry.aliases(MODEL) == before_aliases
+    assert stack.registry.aliases(MODEL) == {CHAMPION: stack.versions["base"], CHALLENGER: stack.versions["improved"]}
     assert stack.traffic() == before_traffic == {stack.ref("base"): 100}
     assert stack.serving() == {stack.ref("base")}  # the candidate and the staging copy were stopped
     version = stack.registry.get_version(MODEL, stack.versions["improved"])

@@ -57,3 +57,12 @@ def test_missing_and_malformed_files_are_explained(tmp_path):
         load_policy(write(tmp_path, "quality: [unclosed"))
     with pytest.raises(PolicyError, match="must be a YAML mapping"):
         load_policy(write(tmp_path, "- a list"))
+
+
+def test_the_demo_policy_is_the_default_but_for_the_performance_tolerance():
+    from fledge.policy import DEFAULT_POLICY_PATH
+
+    default = load_policy().model_dump()
+    demo = load_policy(DEFAULT_POLICY_PATH.with_name("demo.yaml")).model_dump()
+    assert demo["performance"].pop("tolerated_slowdown") > default["performance"].pop("tolerated_slowdown")
+    assert demo == default
