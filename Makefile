@@ -14,7 +14,7 @@ demo: setup
 test: setup
 	@bash scripts/test.sh $(PYTEST_ARGS)
 
-# Pure logic and in-process integration only: no zoo, no vLLM (about a minute).
+# Pure logic and in-process integration only (real MLflow and Prefect): no zoo, no vLLM (a few minutes).
 test-fast: setup
 	@bash scripts/test.sh -m "not vllm and not zoo and not e2e" $(PYTEST_ARGS)
 

@@ -87,14 +87,16 @@ def run_demo(name: str, console: Console, policy_file: str | None = None) -> lis
                 console.print(f"[bold]{summary.outcome.value.upper()}[/] at {summary.stage}: {summary.reason}", highlight=False)
         finally:
             traffic = users.stop()
-        vllm_start = plane.fleet.start_seconds_since(started_at)
+        starts = plane.fleet.start_intervals(started_at)
 
     total = time.monotonic() - started
-    _print_summary(console, name, results, traffic, total, zoo_seconds, vllm_start, home)
+    _print_summary(console, name, results, traffic, total, zoo_seconds, starts, home)
     return results
 
 
-def _print_summary(console, name, results, traffic, total, zoo_seconds, vllm_start, home) -> None:
+def _print_summary(console, name, results, traffic, total, zoo_seconds, starts, home) -> None:
+    from fledge.timing import length, overlap
+
     table = Table(title="Fledge demo: three releases")
     for column in ("candidate", "expected", "outcome", "ended at", "why", "seconds"):
         table.add_column(column)
@@ -103,16 +105,15 @@ def _print_summary(console, name, results, traffic, total, zoo_seconds, vllm_sta
                       summary.reason[:110], f"{summary.seconds:.0f}")
     console.print(table)
 
-    stages = {}
-    for _, _, summary in results:
-        for stage, seconds in summary.stage_seconds.items():
-            kind = "evaluations" if stage.startswith("evaluate") else "canary and watch" if stage in ("canary", "watch") else None
-            if kind:
-                stages[kind] = stages.get(kind, 0.0) + seconds
-    # Evaluation stages include starting their staging servers; count that once, as start-up.
-    serving_in_evals = min(vllm_start, stages.get("evaluations", 0.0))
-    evaluations = stages.get("evaluations", 0.0) - serving_in_evals
-    bake = stages.get("canary and watch", 0.0)
+    def stages(*names_or_prefix) -> list:
+        return [i for _, _, s in results for stage, spans in s.stage_intervals.items()
+                if stage.startswith(names_or_prefix) for i in spans]
+
+    # Wall time: servers starting at once count once; evaluation stages start their servers,
+    # which count as start-up, not as evaluation.
+    vllm_start = length(starts)
+    evaluations = length(stages("evaluate")) - overlap(stages("evaluate"), starts)
+    bake = length(stages("canary", "watch")) - overlap(stages("canary", "watch"), starts)
     orchestration = total - zoo_seconds - vllm_start - evaluations - bake
     time_table = Table(title=f"Where the {total:.0f} s went")
     time_table.add_column("part")

@@ -86,6 +86,12 @@ def preflight(model: str, candidate: str, policy, auto_approve: bool, home: Fled
         )
     ref = f"{model}/{candidate}" if str(candidate).isdigit() else f"{model}@{candidate}"
     candidate_version = registry.resolve(parse_ref(ref))
+    in_progress = load_record(home, model)
+    if in_progress is not None and in_progress.requested == candidate_version.ref:
+        # A run of this release was killed, perhaps after the promotion: the record holds the
+        # champion and the traffic from before it, and the re-run continues from there.
+        champion = registry.get_version(model, in_progress.champion.rsplit("/", 1)[1])
+        return candidate_version, champion, connect_plane(home, model).routes()
     champion = registry.resolve(f"{model}@{CHAMPION}")
     if candidate_version.ref == champion.ref:
         raise ReleaseInputError(f"{candidate_version.ref} is already the champion of {model}; nothing to release.")

@@ -56,6 +56,7 @@ class ReleaseSummary(BaseModel):
     flow_run_id: str
     seconds: float
     stage_seconds: dict[str, float] = Field(default_factory=dict)
+    stage_intervals: dict[str, list[tuple[float, float]]] = Field(default_factory=dict)
     evaluations_reused: list[str] = Field(default_factory=list)
 
     def to_markdown(self) -> str:
@@ -80,16 +81,18 @@ class _Ended(Exception):
 class _Clock:
     def __init__(self):
         self.seconds: dict[str, float] = {}
+        self.intervals: dict[str, list[tuple[float, float]]] = {}  # epoch seconds, for overlap accounting
         self.stage = "start"
 
     @contextmanager
     def __call__(self, stage: str):
         self.stage = stage
-        started = time.monotonic()
+        started, wall = time.monotonic(), time.time()
         try:
             yield
         finally:
             self.seconds[stage] = self.seconds.get(stage, 0.0) + time.monotonic() - started
+            self.intervals.setdefault(stage, []).append((wall, time.time()))
 
 
 def _open_record(model, candidate_version, champion, routes, policy, policy_file, home, log) -> tuple[ReleaseRecord, bool]:
@@ -163,7 +166,7 @@ def _canary_promote_watch(record: ReleaseRecord, policy_file: str | None, clock:
     return state
 
 
-def _put_back(record: ReleaseRecord, outcome: ReleaseOutcome, log) -> None:
+def _put_back(record: ReleaseRecord, log) -> None:
     """The registry and traffic as before the release, and no server of the release left
     running. Idempotent: the transaction's hooks may have done it already."""
     changes = registry_steps.restore_registry(record.model, record.snapshot.aliases)
@@ -185,7 +188,7 @@ def release(model: str, candidate: str = "challenger", policy_file: str | None =
     home = FledgeHome.from_env().ensure()
     flow_run_id = str(runtime.flow_run.id) if runtime.flow_run.id else "local"
     candidate_version, champion, routes = registry_steps.check_release(model, candidate, policy_file, auto_approve)
-    record, resumed = _open_record(model, candidate_version, champion, routes, policy, policy_file, home, log)
+    record, _ = _open_record(model, candidate_version, champion, routes, policy, policy_file, home, log)
     record.flow_run_ids.append(flow_run_id)
     releases.save_record(home, record)
     store = registry()
@@ -230,11 +233,11 @@ def release(model: str, candidate: str = "challenger", policy_file: str | None =
     except _Ended as ended:
         outcome, stage, reason = ended.outcome, ended.stage, ended.reason
         log(f"Release {outcome.value} at {stage}: {reason}")
-        _put_back(record, outcome, log)
+        _put_back(record, log)
     except BaseException as error:
         reason = f"{type(error).__name__}: {error}"
         get_run_logger().error(f"The release failed at {clock.stage}: {reason}. Putting everything back.")
-        _put_back(record, ReleaseOutcome.FAILED, log)
+        _put_back(record, log)
         _finish(record, ReleaseOutcome.FAILED, clock.stage, reason, verdict, home, flow_run_id, started, clock, reused)
         raise
     return _finish(record, outcome, stage, reason, verdict, home, flow_run_id, started, clock, reused)
@@ -268,7 +271,8 @@ def _finish(record, outcome, stage, reason, verdict, home, flow_run_id, started,
         model=record.model, requested=record.requested, candidate=record.candidate, champion_before=record.champion,
         outcome=outcome, stage=stage, reason=reason, verdict=verdict.outcome.value if verdict else None,
         mlflow_run_id=record.mlflow_run_id, flow_run_id=flow_run_id, seconds=time.monotonic() - started,
-        stage_seconds={k: round(v, 2) for k, v in clock.seconds.items()}, evaluations_reused=reused,
+        stage_seconds={k: round(v, 2) for k, v in clock.seconds.items()}, stage_intervals=clock.intervals,
+        evaluations_reused=reused,
     )
     tags = {releases.TAG_RELEASE_OUTCOME: outcome.value, releases.TAG_RELEASE_REASON: reason[:4000],
             releases.TAG_RELEASE_RUN: record.mlflow_run_id, releases.TAG_RELEASE_FLOW_RUN: flow_run_id}

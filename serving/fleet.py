@@ -146,13 +146,17 @@ class Fleet:
             pass
         return True
 
-    def start_seconds_since(self, since: float) -> float:
-        """Seconds spent starting servers (until ready) since `since` (epoch seconds)."""
+    def start_intervals(self, since: float) -> list[tuple[float, float]]:
+        """(began, ready) in epoch seconds of every server start since `since`."""
         path = self.state_dir / STARTS_LOG
         if not path.is_file():
-            return 0.0
+            return []
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        return sum(row["seconds"] for row in rows if row["at"] >= since)
+        return [(row["at"] - row["seconds"], row["at"]) for row in rows if row["at"] >= since]
+
+    def start_seconds_since(self, since: float) -> float:
+        """Server-seconds spent starting servers since `since` (parallel starts add up)."""
+        return sum(end - begin for begin, end in self.start_intervals(since))
 
     def stop_all(self) -> list[str]:
         keys = list(self.records())

@@ -100,3 +100,11 @@ def test_suites_skipped_after_a_failure_are_not_passes():
 def test_all_suites_passing_make_a_passing_verdict():
     combined = combine_verdicts(POLICY, [verdict(s, Outcome.PASS) for s in ("safety", "quality", "performance")], {})
     assert combined.outcome is Outcome.PASS
+
+
+def test_parallel_starts_count_once_and_overlaps_are_not_counted_twice():
+    from fledge.timing import length, overlap
+
+    starts = [(0, 60), (1, 61), (100, 150)]
+    assert length(starts) == 111
+    assert overlap(starts, [(30, 120)]) == 31 + 20
