@@ -154,10 +154,6 @@ class Fleet:
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         return [(row["at"] - row["seconds"], row["at"]) for row in rows if row["at"] >= since]
 
-    def start_seconds_since(self, since: float) -> float:
-        """Server-seconds spent starting servers since `since` (parallel starts add up)."""
-        return sum(end - begin for begin, end in self.start_intervals(since))
-
     def stop_all(self) -> list[str]:
         keys = list(self.records())
         for key in keys:

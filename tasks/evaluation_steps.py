@@ -19,7 +19,7 @@ from prefect.context import TaskRunContext
 from evals.datasets import SAFETY_TASKS, dataset_sha256, datasets_for_tasks
 from evals.endpoint import Endpoint
 from fledge.evaluate import EvaluationResult, evaluate
-from fledge.plane import fleet_for, instance_key, serve_version
+from fledge.plane import fleet_for, serve_version
 from registry.status import TAG_MANIFEST
 from tasks.common import home, policy, registry, say
 
@@ -78,10 +78,6 @@ def evaluate_suite(candidate_ref: str, champion_ref: str, suite: str, policy_pat
     gate = result.verdict.gates[0] if result.verdict.gates else None
     log(f"{suite}: {result.verdict.outcome.value.upper()}" + (f" ({'; '.join(gate.reasons)})" if gate and gate.reasons else ""))
     return result
-
-
-def stop_staging(champion_ref: str) -> None:
-    fleet_for(home()).stop(instance_key(champion_ref, staging=True))
 
 
 def quantization_cache_key(context: TaskRunContext, parameters: dict) -> str:

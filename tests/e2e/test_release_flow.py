@@ -150,12 +150,12 @@ def test_1_an_approver_rejects_the_release_from_the_form(stack):
 
 
 def test_2_no_answer_in_time_rejects_and_the_evaluations_come_from_the_cache(stack):
-    starts_before = stack.plane.fleet.start_seconds_since(0)
+    starts_before = stack.plane.fleet.start_intervals(0)
     summary = release_in_background(stack, "improved", "timeout", [])
     assert (summary.outcome.value, summary.stage) == ("rejected", "approval")
     assert "no answer within 4 s" in summary.reason
     assert summary.evaluations_reused == ALL_SUITES
-    assert stack.plane.fleet.start_seconds_since(0) == starts_before  # no server was started
+    assert stack.plane.fleet.start_intervals(0) == starts_before  # no server was started
     assert stack.traffic() == {stack.ref("base"): 100}
 
 
