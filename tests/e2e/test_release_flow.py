@@ -59,8 +59,14 @@ class Stack:
 
 
 def write_policy(directory: Path, name: str, approval: str) -> str:
-    """The demo's policy with a shorter canary and watch (CI time), and the given approval."""
+    """The demo's policy with a shorter canary and watch (CI time), and the given approval.
+
+    The performance tolerance is wider still (50 %): these tests are about the release's
+    mechanics, and under users' traffic on 2 cores improved-vs-base ratios ranged from 0.85 to
+    1.17 with upper bounds up to 1.29 across runs. The gate at its calibrated tolerance, without
+    traffic, is tested in tests/vllm/test_verdicts.py."""
     text = DEFAULT_POLICY_PATH.with_name("demo.yaml").read_text()
+    text = text.replace("tolerated_slowdown: 0.35", "tolerated_slowdown: 0.50")
     text = text.replace("steps: [25, 50, 100]", "steps: [50, 100]").replace("bake_seconds: 20", "bake_seconds: 8")
     text = text.replace("analysis_interval_seconds: 2", "analysis_interval_seconds: 1")
     text = text.replace("window_seconds: 30", "window_seconds: 10")
