@@ -68,7 +68,11 @@ class CanaryPolicy(_Strict):
     min_samples: int = Field(ge=1, description="Per version per window; fewer is inconclusive.")
     max_error_rate: float = Field(ge=0, le=1, description="Above this the canary fails at once.")
     max_latency_ratio: float = Field(ge=1, description="Canary/stable latency ratio above which it fails.")
-    confidence: float = Field(gt=0.5, lt=1)
+    confidence: float = Field(gt=0.5, lt=1, description="Latency checks at the look that ends a step's bake.")
+    interim_p_value: float = Field(
+        gt=0, lt=0.5,
+        description="Latency checks at the looks before a step has baked must reach this p-value to fail.",
+    )
     max_inconclusive_windows: int = Field(ge=1)
 
     @field_validator("steps")
@@ -77,6 +81,15 @@ class CanaryPolicy(_Strict):
         if any(not 0 < s <= 100 for s in steps) or steps != sorted(set(steps)) or steps[-1] != 100:
             raise ValueError("steps must be strictly increasing percentages in (0, 100] ending at 100, e.g. [5, 25, 50, 100]")
         return steps
+
+    @field_validator("interim_p_value")
+    @classmethod
+    def _stricter_than_the_final_look(cls, interim: float, info) -> float:
+        confidence = info.data.get("confidence")
+        if confidence is not None and interim > 1 - confidence:
+            raise ValueError(f"interim_p_value {interim} must not exceed the final look's level 1 - confidence "
+                             f"= {1 - confidence:.3g}: early looks are the stricter ones (e.g. 0.001)")
+        return interim
 
 
 class ApprovalPolicy(_Strict):

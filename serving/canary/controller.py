@@ -72,6 +72,13 @@ class RolloutState(BaseModel):
 Command = Literal["abort", "promote"]
 
 
+def step_baked(state: RolloutState, policy: CanaryPolicy, now: float) -> bool:
+    """Whether the current step has been watched for its full bake: the look at that moment
+    is the step's final one, judged at the policy's nominal confidence."""
+    started = now if state.step_started_at is None else state.step_started_at
+    return now - started >= policy.bake_seconds
+
+
 def decide(
     state: RolloutState, analysis: CanaryAnalysis | None, policy: CanaryPolicy, now: float, command: Command | None = None
 ) -> Action:
@@ -89,8 +96,7 @@ def decide(
     outcome = analysis.outcome if analysis is not None else Outcome.INCONCLUSIVE
     if outcome is Outcome.FAIL:
         return Action(kind=ActionKind.ROLLBACK, reason="canary analysis failed: " + "; ".join(analysis.reasons))
-    started = now if state.step_started_at is None else state.step_started_at
-    baked = now - started >= policy.bake_seconds
+    baked = step_baked(state, policy, now)
     if outcome in (Outcome.INCONCLUSIVE, Outcome.ERROR):
         why = "; ".join(analysis.reasons) if analysis is not None else "no analysis"
         # A window still filling during the bake is not evidence; a step that baked its full

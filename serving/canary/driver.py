@@ -16,7 +16,7 @@ from typing import Callable
 
 from fledge.policy import CanaryPolicy
 from serving.canary.analysis import CanaryAnalysis, VersionWindow, analyze
-from serving.canary.controller import Action, ActionKind, Command, Phase, RolloutState, advance, decide
+from serving.canary.controller import Action, ActionKind, Command, Phase, RolloutState, advance, decide, step_baked
 from serving.gateway.client import GatewayAdmin
 
 
@@ -81,15 +81,19 @@ class RolloutDriver:
         action = decide(state, None, self.policy, self.clock(), command="abort")
         return self._apply(state, action, None)
 
-    def analyze_window(self, state: RolloutState) -> CanaryAnalysis:
+    def analyze_window(self, state: RolloutState, now: float) -> CanaryAnalysis:
         observations = self.admin.observations(since=state.step_started_at or 0.0)
         return analyze(VersionWindow.from_observations(state.stable, observations),
-                       VersionWindow.from_observations(state.canary, observations), self.policy)
+                       VersionWindow.from_observations(state.canary, observations), self.policy,
+                       final_look=step_baked(state, self.policy, now))
 
     def run(self, state: RolloutState) -> RolloutState:
         while not state.phase.terminal:
-            analysis = self.analyze_window(state) if state.phase is Phase.BAKING else None
-            action = decide(state, analysis, self.policy, self.clock(), self.commands())
+            # One clock reading per look, so the analysis and the decision agree on whether the
+            # step has baked (the analysis' significance level depends on it).
+            now = self.clock()
+            analysis = self.analyze_window(state, now) if state.phase is Phase.BAKING else None
+            action = decide(state, analysis, self.policy, now, self.commands())
             state = self._apply(state, action, analysis)
             if not state.phase.terminal and action.kind is ActionKind.WAIT:
                 self.sleep(self.policy.analysis_interval_seconds)

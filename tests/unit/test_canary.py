@@ -3,11 +3,12 @@
 import random
 
 import pytest
+from scipy import stats
 
 from fledge.outcome import Check, Outcome
 from fledge.policy import load_policy
 from serving.canary.analysis import CanaryAnalysis, VersionWindow, analyze
-from serving.canary.controller import ActionKind, Phase, RolloutState, advance, decide
+from serving.canary.controller import ActionKind, Phase, RolloutState, advance, decide, step_baked
 
 # bake 20 s, min 20 samples, 5 inconclusive windows at most; the steps are fixed here so the
 # table reads the same whatever the default policy's steps are.
@@ -29,6 +30,36 @@ def test_a_slow_canary_fails_with_the_ratio_and_the_test():
     result = analyze(window("s", 60), window("c", 40, per_token_ms=14.0, seed=1), POLICY)
     assert result.outcome is Outcome.FAIL
     assert any("Mann-Whitney" in r and "ratio 2.0" in r for r in result.reasons)
+
+
+def test_a_slow_canary_fails_even_at_an_early_look():
+    result = analyze(window("s", 60), window("c", 40, per_token_ms=14.0, seed=1), POLICY, final_look=False)
+    assert result.outcome is Outcome.FAIL
+
+
+def test_a_borderline_slower_canary_fails_only_at_the_look_that_ends_the_bake():
+    """Looking every interval at p < 0.05 would roll back good canaries on noise: early looks
+    need p < interim_p_value, the look that ends the bake the nominal level."""
+    stable, canary = window("s", 20, spread=3.0), window("c", 20, per_token_ms=9.0, spread=3.0, seed=1)
+    early = analyze(stable, canary, POLICY, final_look=False)
+    final = analyze(stable, canary, POLICY, final_look=True)
+    p_value = float(stats.mannwhitneyu(canary.per_token_latency_s, stable.per_token_latency_s, alternative="greater").pvalue)
+    assert POLICY.interim_p_value < p_value < 1 - POLICY.confidence  # the case this test is about
+    assert early.outcome is Outcome.PASS
+    assert final.outcome is Outcome.FAIL
+    assert any("needs < 0.05 at the end of the bake" in r for r in final.reasons)
+
+
+def test_a_rollout_rolls_back_a_borderline_canary_at_the_end_of_its_bake_not_before():
+    stable, canary = window("s", 20, spread=3.0), window("c", 20, per_token_ms=9.0, spread=3.0, seed=1)
+    s = state(phase=Phase.BAKING, step=0, canary_weight=5, step_started_at=0)
+    for now in range(0, int(POLICY.bake_seconds) + 1, 2):
+        look = analyze(stable, canary, POLICY, final_look=step_baked(s, POLICY, now))
+        s = advance(s, decide(s, look, POLICY, now), now, look)
+        if s.phase.terminal:
+            break
+    assert s.phase is Phase.ROLLED_BACK
+    assert s.history[-1].at == POLICY.bake_seconds
 
 
 def test_a_slightly_slower_canary_within_the_ratio_passes():

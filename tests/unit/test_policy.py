@@ -50,6 +50,12 @@ def test_canary_steps_must_rise_to_100(tmp_path):
         load_policy(path)
 
 
+def test_the_canary_early_looks_must_be_stricter_than_the_last(tmp_path):
+    path = write(tmp_path, default_text().replace("interim_p_value: 0.001", "interim_p_value: 0.1"))
+    with pytest.raises(PolicyError, match="canary.interim_p_value.*must not exceed"):
+        load_policy(path)
+
+
 def test_missing_and_malformed_files_are_explained(tmp_path):
     with pytest.raises(PolicyError, match="does not exist"):
         load_policy(tmp_path / "nope.yaml")
