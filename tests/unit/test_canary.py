@@ -37,10 +37,15 @@ def test_a_slow_canary_fails_even_at_an_early_look():
     assert result.outcome is Outcome.FAIL
 
 
+def borderline_windows():
+    """A canary about 30 % slower over 20 requests each: Mann-Whitney p is about 0.01."""
+    return window("s", 20, spread=3.0), window("c", 20, per_token_ms=9.0, spread=3.0, seed=1)
+
+
 def test_a_borderline_slower_canary_fails_only_at_the_look_that_ends_the_bake():
     """Looking every interval at p < 0.05 would roll back good canaries on noise: early looks
     need p < interim_p_value, the look that ends the bake the nominal level."""
-    stable, canary = window("s", 20, spread=3.0), window("c", 20, per_token_ms=9.0, spread=3.0, seed=1)
+    stable, canary = borderline_windows()
     early = analyze(stable, canary, POLICY, final_look=False)
     final = analyze(stable, canary, POLICY, final_look=True)
     p_value = float(stats.mannwhitneyu(canary.per_token_latency_s, stable.per_token_latency_s, alternative="greater").pvalue)
@@ -51,7 +56,7 @@ def test_a_borderline_slower_canary_fails_only_at_the_look_that_ends_the_bake():
 
 
 def test_a_rollout_rolls_back_a_borderline_canary_at_the_end_of_its_bake_not_before():
-    stable, canary = window("s", 20, spread=3.0), window("c", 20, per_token_ms=9.0, spread=3.0, seed=1)
+    stable, canary = borderline_windows()
     s = state(phase=Phase.BAKING, step=0, canary_weight=5, step_started_at=0)
     for now in range(0, int(POLICY.bake_seconds) + 1, 2):
         look = analyze(stable, canary, POLICY, final_look=step_baked(s, POLICY, now))
