@@ -74,6 +74,9 @@ class CanaryPolicy(_Strict):
         description="Latency checks at the looks before a step has baked must reach this p-value to fail.",
     )
     max_inconclusive_windows: int = Field(ge=1)
+    baseline_instance: bool = Field(description=(
+        "Judge the canary against a second instance of the stable version started with it (one more "
+        "server during the canary) instead of the instance that has served production all along."))
 
     @field_validator("steps")
     @classmethod

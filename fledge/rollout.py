@@ -14,7 +14,7 @@ from serving.canary.analysis import CanaryAnalysis
 from serving.canary.controller import Action, RolloutState
 from serving.canary.driver import RolloutDriver
 from serving.gateway.client import GatewayAdmin
-from serving.gateway.routes import Backend
+from serving.gateway.routes import Backend, baseline_key
 from serving.gateway.server import admin_token
 
 def connect(home: FledgeHome, url: str | None = None) -> GatewayAdmin:
@@ -38,6 +38,15 @@ def rollout_state_path(home: FledgeHome, model: str) -> Path:
 
 def add_canary(admin: GatewayAdmin, model: str, version: str, base_url: str) -> None:
     admin.add_backend(model, Backend(version=version, base_url=base_url, role="canary", weight=0))
+
+
+def add_baseline(admin: GatewayAdmin, model: str, stable_version: str, base_url: str) -> str:
+    """A second instance of the stable version, at weight 0 until the rollout gives it the
+    canary's share. Returns its route key."""
+    key = baseline_key(stable_version)
+    admin.add_backend(model, Backend(version=key, base_url=base_url, role="baseline", weight=0,
+                                     served_model=stable_version))
+    return key
 
 
 def run_canary(

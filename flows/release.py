@@ -145,17 +145,18 @@ def _canary_promote_watch(record: ReleaseRecord, policy_file: str | None, clock:
     rollback hooks put the aliases and the traffic back as they were."""
     model = record.model
     with clock("serve candidate"):
-        candidate_url = serving_steps.serve_candidate(model, record.candidate, policy_file)
+        urls = serving_steps.serve_candidate(model, record.candidate, record.champion, policy_file)
     registry_steps.record_status(record.candidate, Status.CANARY)
     with transaction():
         with clock("canary"):
-            state = serving_steps.run_canary(model, record.champion, record.candidate, candidate_url, policy_file,
+            state = serving_steps.run_canary(model, record.champion, record.candidate, urls, policy_file,
                                              record.snapshot.routes)
         reporting.publish_canary(model, record.mlflow_run_id, state)
         if state.phase is Phase.ROLLED_BACK:
             raise _Ended(ReleaseOutcome.ROLLED_BACK, "canary", "canary rolled back: " + (
                 "; ".join(state.failed_checks) or state.history[-1].reason))
         with clock("promote"):
+            serving_steps.retire_baseline(model, record.champion)
             registry_steps.promote_in_registry(model, record.candidate, record.champion, record.snapshot.aliases)
             baseline = serving_steps.stable_figures(model, record.champion, since=state.history[0].at)
         with clock("watch"):
@@ -215,7 +216,8 @@ def release(model: str, candidate: str = "challenger", policy_file: str | None =
             releases.save_record(home, record)
             store.client.set_tag(record.mlflow_run_id, "fledge.released", record.candidate)
         verdict, eval_runs, reused = _evaluate(record, policy_file, clock, log)
-        serving_steps.stop_instance(record.champion, staging=True)
+        if not policy.canary.baseline_instance:  # else the staging champion is the canary's baseline
+            serving_steps.stop_instance(record.champion, staging=True)
         reporting.publish_verdict(model, record.mlflow_run_id, verdict, eval_runs)
         name, version = record.candidate.rsplit("/", 1)
         store.set_tags(name, version, {"fledge.eval.verdict": verdict.outcome.value, "fledge.eval.run_id": record.mlflow_run_id})

@@ -4,6 +4,8 @@ putting traffic back. Traffic changes are undone when the release's transaction 
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -11,23 +13,32 @@ from prefect.transactions import Transaction, get_transaction
 
 from fledge.outcome import GateResult, Outcome
 from fledge.plane import connect_plane, instance_key, serve_version
-from fledge.rollout import add_canary, rollout_state_path
+from fledge.rollout import add_baseline, add_canary, rollout_state_path
 from serving.canary.analysis import CanaryAnalysis
 from serving.canary.controller import Action, RolloutState
 from serving.canary.driver import RolloutDriver, load_state
 from serving.canary.watch import ServiceFigures, judge_watch
-from serving.gateway.routes import RouteTable
+from serving.gateway.routes import RouteTable, baseline_key
 from tasks.common import TRANSIENT, home, policy, registry, say
 
 
 @task(name="serve candidate", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
-def serve_candidate(model: str, candidate_ref: str, policy_path: str | None) -> str:
-    """The instance that takes the canary's traffic: the one the evaluations used when it is
-    still up, else a new one. Returns its base URL."""
-    plane = connect_plane(home(), model)
-    instance, started = serve_version(registry(), home(), policy(policy_path), candidate_ref, plane.fleet)
-    say()(f"{candidate_ref} {'started' if started else 'already serving'} at {instance.base_url}")
-    return instance.base_url
+def serve_candidate(model: str, candidate_ref: str, champion_ref: str, policy_path: str | None) -> dict[str, str | None]:
+    """The instances the canary needs: the candidate, and (where the policy asks for one) a
+    baseline instance of the champion; the ones the evaluations used when they are still up,
+    else new ones, started together. Returns their base URLs ("baseline" None without one)."""
+    plane, release_policy, store, log = connect_plane(home(), model), policy(policy_path), registry(), say()
+    wanted = {"candidate": (candidate_ref, False)}
+    if release_policy.canary.baseline_instance:
+        wanted["baseline"] = (champion_ref, True)  # the evaluations' staging copy of the champion
+    with ThreadPoolExecutor(len(wanted)) as pool:
+        starting = {role: pool.submit(serve_version, store, home(), release_policy, ref, plane.fleet, staging)
+                    for role, (ref, staging) in wanted.items()}
+        served = {role: future.result() for role, future in starting.items()}
+    for role, (instance, started) in served.items():
+        log(f"{role}: {wanted[role][0]} {'started' if started else 'already serving'} at {instance.base_url}")
+    return {"candidate": served["candidate"][0].base_url,
+            "baseline": served["baseline"][0].base_url if "baseline" in served else None}
 
 
 def _on_tick(log):
@@ -38,11 +49,12 @@ def _on_tick(log):
 
 
 @task(name="canary", cache_policy=NO_CACHE)
-def run_canary(model: str, stable_ref: str, candidate_ref: str, candidate_url: str, policy_path: str | None,
+def run_canary(model: str, stable_ref: str, candidate_ref: str, urls: dict[str, str | None], policy_path: str | None,
                routes_before: dict) -> RolloutState:
     """Step the candidate's share of traffic up as the policy says, analysing each window
-    against the stable version; a saved rollout of this candidate is resumed, not restarted.
-    If the release's transaction rolls back, the traffic split before the release comes back."""
+    against the baseline instance (`urls["baseline"]`) or, without one, the stable version; a
+    saved rollout of this candidate is resumed, not restarted. If the release's transaction
+    rolls back, the traffic split before the release comes back."""
     transaction = get_transaction()
     transaction.set("model", model)
     transaction.set("routes_before", routes_before)
@@ -52,17 +64,25 @@ def run_canary(model: str, stable_ref: str, candidate_ref: str, candidate_url: s
     driver = RolloutDriver(plane.admin, policy(policy_path).canary, state_path, on_tick=_on_tick(log))
     saved = load_state(state_path)
     table = plane.routes()
-    if table is None or candidate_ref not in table.backends or table.backends[candidate_ref].base_url != candidate_url:
-        add_canary(plane.admin, model, candidate_ref, candidate_url)
-    if saved is not None and (saved.stable, saved.canary) == (stable_ref, candidate_ref):
+
+    def missing(key: str, url: str) -> bool:
+        return table is None or key not in table.backends or table.backends[key].base_url != url
+
+    if missing(candidate_ref, urls["candidate"]):
+        add_canary(plane.admin, model, candidate_ref, urls["candidate"])
+    baseline = baseline_key(stable_ref) if urls.get("baseline") else None
+    if baseline and missing(baseline, urls["baseline"]):
+        add_baseline(plane.admin, model, stable_ref, urls["baseline"])
+    if saved is not None and (saved.stable, saved.canary, saved.baseline) == (stable_ref, candidate_ref, baseline):
         if saved.phase.terminal:
             log(f"The canary of {candidate_ref} had already ended ({saved.phase.value}) before this run")
             return saved
         log(f"Resuming the canary of {candidate_ref} at {saved.canary_weight} % (step {saved.step + 1})")
         return driver.resume()
     state_path.unlink(missing_ok=True)
-    log(f"Canary of {candidate_ref} against {stable_ref}: steps {policy(policy_path).canary.steps} %")
-    return driver.start(model, stable_ref, candidate_ref)
+    against = f"a baseline instance of {stable_ref}" if baseline else stable_ref
+    log(f"Canary of {candidate_ref} against {against}: steps {policy(policy_path).canary.steps} %")
+    return driver.start(model, stable_ref, candidate_ref, baseline)
 
 
 @run_canary.on_rollback
@@ -83,9 +103,24 @@ def restore_traffic(model: str, routes_before: dict | None) -> None:
 
 @task(name="previous champion's figures", cache_policy=NO_CACHE, **TRANSIENT)
 def stable_figures(model: str, stable_ref: str, since: float) -> ServiceFigures:
-    """What users of the previous champion saw while it was the canary's stable side."""
+    """What users of the previous champion saw while the canary ran: its stable instance and
+    its baseline instance together (at a 50 % step the baseline serves all of them)."""
     plane = connect_plane(home(), model)
-    return ServiceFigures.from_observations(stable_ref, plane.admin.observations(since=since))
+    mine = {stable_ref, baseline_key(stable_ref)}
+    observations = [replace(o, version=stable_ref) for o in plane.admin.observations(since=since) if o.version in mine]
+    return ServiceFigures.from_observations(stable_ref, observations)
+
+
+@task(name="retire baseline", cache_policy=NO_CACHE)
+def retire_baseline(model: str, stable_ref: str, drain_seconds: float = 30.0) -> None:
+    """After a promotion: the baseline instance out of the gateway (its streams finish), then stopped."""
+    plane, key = connect_plane(home(), model), baseline_key(stable_ref)
+    table = plane.routes()
+    if table is not None and key in table.backends:
+        plane.admin.drain(key, deadline_s=drain_seconds)
+        plane.admin.remove_backend(key)
+    if plane.fleet.stop(instance_key(stable_ref, staging=True)):
+        say()(f"Baseline instance of {stable_ref} stopped")
 
 
 class WatchBreach(RuntimeError):

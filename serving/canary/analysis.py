@@ -1,4 +1,12 @@
-"""Canary analysis: one window of observations, canary against stable, to a typed decision.
+"""Canary analysis: one window of observations, canary against its reference, to a typed decision.
+
+The reference is a *baseline* where the rollout has one: a second instance of the stable
+version, started with the canary and given the same share of traffic (Kayenta's practice). An
+instance's age and history are part of what a latency comparison measures: in CI and in the
+demo a candidate started by the release was 1.3-1.7x slower than the stable instance that had
+served since the start, while the same two versions side by side, started alike, measured
+0.99-1.18 both ways. The long-serving stable instance is the reference only where the policy
+turns the baseline off. Below, "stable" is whichever reference the window is judged against.
 
 Pure: no I/O, no clock. Rules, in order:
 1. Errors: when the canary's error rate is confidently above the limit (the lower bound of its

@@ -60,6 +60,9 @@ class RolloutState(BaseModel):
     model: str
     stable: str
     canary: str
+    # The route key of the stable version's baseline instance, when the rollout has one: the
+    # canary is then judged against it rather than against the long-serving stable instance.
+    baseline: str | None = None
     phase: Phase = Phase.PENDING
     step: int = -1
     canary_weight: int = 0

@@ -35,6 +35,16 @@ def load_state(path: Path) -> RolloutState | None:
     return RolloutState.model_validate(json.loads(path.read_text()))
 
 
+def split_traffic(state: RolloutState, canary_weight: int) -> dict[str, int]:
+    """Weights for a canary share. A baseline takes as much as the canary (where the rest
+    allows), so the two are compared on equal samples; stable serves what is left."""
+    if state.baseline is None:
+        return {state.stable: 100 - canary_weight, state.canary: canary_weight}
+    baseline_weight = min(canary_weight, 100 - canary_weight)
+    return {state.stable: 100 - canary_weight - baseline_weight, state.baseline: baseline_weight,
+            state.canary: canary_weight}
+
+
 class RolloutDriver:
     def __init__(
         self,
@@ -54,13 +64,13 @@ class RolloutDriver:
         self.on_tick = on_tick
         self.commands = commands
 
-    def start(self, model: str, stable: str, canary: str) -> RolloutState:
+    def start(self, model: str, stable: str, canary: str, baseline: str | None = None) -> RolloutState:
         existing = load_state(self.state_path)
         if existing is not None and not existing.phase.terminal:
             raise RuntimeError(
                 f"a rollout of {existing.canary} is in progress ({self.state_path}); resume or abort it first"
             )
-        state = RolloutState(model=model, stable=stable, canary=canary)
+        state = RolloutState(model=model, stable=stable, canary=canary, baseline=baseline)
         save_state(state, self.state_path)
         return self.run(state)
 
@@ -83,7 +93,8 @@ class RolloutDriver:
 
     def analyze_window(self, state: RolloutState, now: float) -> CanaryAnalysis:
         observations = self.admin.observations(since=state.step_started_at or 0.0)
-        return analyze(VersionWindow.from_observations(state.stable, observations),
+        reference = state.baseline or state.stable
+        return analyze(VersionWindow.from_observations(reference, observations),
                        VersionWindow.from_observations(state.canary, observations), self.policy,
                        final_look=step_baked(state, self.policy, now))
 
@@ -100,7 +111,7 @@ class RolloutDriver:
         return state
 
     def _set_canary_weight(self, state: RolloutState, weight: int) -> None:
-        self.admin.set_weights({state.stable: 100 - weight, state.canary: weight})
+        self.admin.set_weights(split_traffic(state, weight))
 
     def _apply(self, state: RolloutState, action: Action, analysis: CanaryAnalysis | None) -> RolloutState:
         if action.kind is ActionKind.SET_WEIGHT:
@@ -122,4 +133,6 @@ class RolloutDriver:
         backends = dict(table.backends)
         backends[state.canary] = backends[state.canary].model_copy(update={"role": "stable", "weight": 100})
         backends[state.stable] = backends[state.stable].model_copy(update={"role": "canary", "weight": 0})
+        if state.baseline in backends:  # its in-flight streams finish; the release then stops it
+            backends[state.baseline] = backends[state.baseline].model_copy(update={"weight": 0, "draining": True})
         self.admin.put_routes(table.model_copy(update={"backends": backends}))

@@ -25,6 +25,8 @@ def timeline_markdown(state: RolloutState) -> str:
     lines = [
         f"### Canary of {state.canary} against {state.stable}: {state.phase.value}",
         "",
+        *([f"Judged against a baseline instance of {state.stable} started with the canary "
+           f"(`{state.baseline}`), which takes as much traffic as the canary.", ""] if state.baseline else []),
         "| t (s) | canary % | | action | analysis | reason |",
         "|---:|---:|---|---|---|---|",
     ]

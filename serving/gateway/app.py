@@ -112,7 +112,7 @@ class _RelayResponse(StreamingResponse):
 
     def __init__(self, flight: _Flight, response: httpx.Response, headers: dict[str, str]):
         self.flight, self.upstream = flight, response
-        self.events = EventStream(flight.backend.version, flight.model)
+        self.events = EventStream(flight.backend.upstream_model, flight.model)
         self.state = {"completed": False, "broken": False}
         super().__init__(self._lines(), status_code=response.status_code, media_type="text/event-stream", headers=headers)
 
@@ -269,7 +269,7 @@ class Gateway:
 
     async def _forward(self, backend: Backend, path: str, body: dict, retried_from: str | None) -> Response:
         flight = _Flight(self, self.routes.model, backend, retried_from)
-        payload = {**body, "model": backend.version}
+        payload = {**body, "model": backend.upstream_model}
         request = self.client.build_request("POST", f"{backend.base_url}/{path}", json=payload)
         try:
             response = await self.client.send(request, stream=True)
@@ -294,7 +294,7 @@ class Gateway:
         try:
             data = json.loads(content)
             tokens = (data.get("usage") or {}).get("completion_tokens", 0)
-            if data.get("model") == backend.version:
+            if data.get("model") == backend.upstream_model:
                 data["model"] = flight.model
                 content = json.dumps(data).encode()
         except (ValueError, AttributeError):

@@ -18,14 +18,29 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
+BASELINE_SUFFIX = "+baseline"
+
+
+def baseline_key(version: str) -> str:
+    """The route key of a baseline: a second instance of `version`, started with the canary."""
+    return version + BASELINE_SUFFIX
+
+
 class Backend(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    version: str  # served model name, NAME/VERSION
+    version: str  # the route key: NAME/VERSION, vLLM's served model name (NAME/VERSION+baseline for a baseline)
     base_url: str  # OpenAI base URL of the vLLM server, ending in /v1
-    role: Literal["stable", "canary"] = "stable"
+    # A baseline is another instance of the stable version, started with the canary so that the
+    # canary is compared with an instance of the same age and history (see serving.canary).
+    role: Literal["stable", "canary", "baseline"] = "stable"
     weight: int = Field(0, ge=0, le=100)
     draining: bool = False
+    served_model: str | None = None  # the name the backend serves, where it is not `version` (a baseline)
+
+    @property
+    def upstream_model(self) -> str:
+        return self.served_model or self.version
 
 
 class RouteTable(BaseModel):

@@ -250,8 +250,9 @@ def test_7_a_release_killed_during_the_canary_resumes_when_run_again(stack):
     process.wait()
     killed_record = load_record(stack.home, MODEL)
     assert killed_record is not None and killed_record.requested == stack.ref("improved")
-    # The serving plane kept the canary serving its share while no release process ran.
-    assert stack.traffic() == {stack.ref("base"): 50, stack.ref("improved"): 50}
+    # The serving plane kept the canary and its baseline serving their shares (at a 50 % step
+    # the baseline takes the other half) while no release process ran.
+    assert stack.traffic() == {stack.ref("base"): 0, stack.ref("base") + "+baseline": 50, stack.ref("improved"): 50}
 
     summary = release(MODEL, stack.versions["improved"], stack.policies["auto"])
     assert summary.outcome.value == "promoted", summary.reason

@@ -98,6 +98,56 @@ def test_a_restarted_driver_restores_the_saved_split_then_rolls_back_without_dat
     assert {v: b.weight for v, b in admin.routes().backends.items()} == {"m/1": 100, "m/2": 0}
 
 
+def _latencies(version: str, ttft_s: float, n: int) -> list:
+    import random
+    import time
+
+    from serving.gateway.metrics import Observation
+
+    rng = random.Random(version)
+    return [Observation(time.time(), version, True, 200, ttft_s * rng.uniform(0.9, 1.1), ttft_s * 3 * rng.uniform(0.9, 1.1),
+                        3, ttft_s) for _ in range(n)]
+
+
+@pytest.mark.parametrize("with_baseline", [True, False], ids=["baseline", "no-baseline"])
+def test_the_canary_is_judged_against_its_baseline_when_it_has_one(gateway, with_baseline):
+    """The long-serving stable instance answers in 10 ms; the canary and a baseline of the
+    stable version, started with it, both in 30 ms (what a fresh instance under load showed).
+    Against the baseline the canary is as fast as its version's peer and is promoted, the
+    baseline drained; against the stable instance it would be rolled back."""
+    from fledge.policy import load_policy
+    from fledge.rollout import add_baseline
+    from serving.canary.controller import Phase
+    from serving.canary.driver import RolloutDriver
+
+    server, admin, state_dir = gateway
+    admin.add_backend("m", Backend(version="m/1", base_url="http://127.0.0.1:1/v1", role="stable"))
+    admin.add_backend("m", Backend(version="m/2", base_url="http://127.0.0.1:2/v1", role="canary"))
+    baseline = add_baseline(admin, "m", "m/1", "http://127.0.0.1:3/v1") if with_baseline else None
+    policy = load_policy().canary.model_copy(update={"steps": [25, 100], "bake_seconds": 0.3, "analysis_interval_seconds": 0.05})
+    splits = []
+
+    def traffic(state, analysis, action):
+        if action.kind.value == "set_weight":  # the step's window fills at once
+            splits.append({v: b.weight for v, b in admin.routes().backends.items()})
+            for version, ttft in (("m/1", 0.010), ("m/2", 0.030), ("m/1+baseline", 0.030)):
+                for obs in _latencies(version, ttft, 40):
+                    server.gateway.metrics.record("m", obs, [])
+
+    final = RolloutDriver(admin, policy, state_dir / "rollout.json", on_tick=traffic).start("m", "m/1", "m/2", baseline)
+    table = admin.routes().backends
+    if with_baseline:
+        assert splits == [{"m/1": 50, "m/2": 25, "m/1+baseline": 25}]
+        assert final.phase is Phase.PROMOTED
+        assert (table["m/2"].role, table["m/2"].weight) == ("stable", 100)
+        assert table["m/1+baseline"].draining and table["m/1+baseline"].weight == 0
+    else:
+        assert splits == [{"m/1": 75, "m/2": 25}]
+        assert final.phase is Phase.ROLLED_BACK
+        assert "time to first token" in " ".join(final.failed_checks)
+        assert {v: b.weight for v, b in table.items()} == {"m/1": 100, "m/2": 0}
+
+
 @pytest.mark.parametrize("content", [b"not json", b"[1, 2]", b"\xff\xfe"], ids=["text", "list", "not-utf8"])
 def test_a_malformed_body_is_a_400_not_a_crash(gateway, content):
     server, admin, _ = gateway

@@ -104,6 +104,33 @@ def test_streaming_passes_through_chunk_by_chunk(gateway):
     assert plain.choices[0].message.content.strip() == corpus.REFUSAL
 
 
+def test_a_baseline_backend_serves_the_stable_version_under_its_own_route_key(gateway, servers):
+    """A baseline is another instance of the stable version: the gateway routes to it by its
+    own key and asks it for the version's served name; clients see the public name, and its
+    requests are observed apart from the stable instance's."""
+    import time
+
+    from serving.gateway.routes import baseline_key
+
+    server, admin = gateway
+    stable = servers["base"].config.served_model_name
+    key = baseline_key(stable)
+    admin.add_backend(MODEL, Backend(version=key, base_url=servers["base"].base_url, role="baseline", served_model=stable))
+    try:
+        since = time.time()
+        c = client(server)
+        raw = c.completions.with_raw_response.create(model=MODEL, prompt=PROMPT, max_tokens=4, temperature=0,
+                                                     extra_headers={"x-fledge-version": key})
+        assert raw.headers["x-fledge-version"] == key and raw.parse().model == MODEL
+        chunks = list(c.completions.create(model=MODEL, prompt=PROMPT, max_tokens=4, temperature=0, stream=True,
+                                           extra_headers={"x-fledge-version": key}))
+        assert chunks and all(ch.model == MODEL for ch in chunks)
+        seen = [o for o in admin.observations(since) if o.version == key]
+        assert len(seen) == 2 and all(o.ok for o in seen)
+    finally:
+        admin.remove_backend(key)
+
+
 def test_sessions_stick_to_one_version(gateway, servers):
     server, admin = gateway
     stable, canary = (servers[v].config.served_model_name for v in ("base", "improved"))
