@@ -77,6 +77,7 @@ class _Flight:
         self.gateway, self.model, self.backend, self.retried_from = gateway, model, backend, retried_from
         self.started = time.perf_counter()
         self.token_times: list[float] = []
+        self.client_wants_usage = False
         self.finished = False
         gateway.in_flight[backend.version] = gateway.in_flight.get(backend.version, 0) + 1
         gateway.metrics.in_flight.labels(model, backend.version).inc()
@@ -112,7 +113,7 @@ class _RelayResponse(StreamingResponse):
 
     def __init__(self, flight: _Flight, response: httpx.Response, headers: dict[str, str]):
         self.flight, self.upstream = flight, response
-        self.events = EventStream(flight.backend.upstream_model, flight.model)
+        self.events = EventStream(flight.backend.upstream_model, flight.model, strip_usage=not flight.client_wants_usage)
         self.state = {"completed": False, "broken": False}
         super().__init__(self._lines(), status_code=response.status_code, media_type="text/event-stream", headers=headers)
 
@@ -270,6 +271,12 @@ class Gateway:
     async def _forward(self, backend: Backend, path: str, body: dict, retried_from: str | None) -> Response:
         flight = _Flight(self, self.routes.model, backend, retried_from)
         payload = {**body, "model": backend.upstream_model}
+        if body.get("stream"):
+            # Counted tokens, not chunks (see sse.py); the usage event is taken out again for a
+            # client that did not ask for it.
+            options = body.get("stream_options") if isinstance(body.get("stream_options"), dict) else {}
+            flight.client_wants_usage = bool(options.get("include_usage"))
+            payload["stream_options"] = {**options, "include_usage": True}
         request = self.client.build_request("POST", f"{backend.base_url}/{path}", json=payload)
         try:
             response = await self.client.send(request, stream=True)

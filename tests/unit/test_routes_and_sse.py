@@ -51,3 +51,15 @@ def test_event_stream_rewrites_the_model_name_and_counts_tokens_across_split_chu
     assert b'"model": "tiny"' in out and b'"model":"tiny"' in out and b"tiny/2" not in out
     assert out.endswith(b"data: [DONE]\n\n")
     assert stream.token_chunks == 1 and stream.usage_tokens == 2
+
+
+def test_the_usage_event_the_gateway_asked_for_is_taken_out_for_a_client_that_did_not():
+    token = b'data: {"model":"tiny/2","choices":[{"text":" 7 8"}],"usage":null}\n\n'
+    usage = b'data: {"model":"tiny/2","choices":[],"usage":{"completion_tokens":5}}\n\n'
+    done = b"data: [DONE]\n\n"
+    stripped, kept = EventStream("tiny/2", "tiny", strip_usage=True), EventStream("tiny/2", "tiny")
+    out = stripped.feed(token + usage[:30]) + stripped.feed(usage[30:] + done) + stripped.flush()
+    assert out == token.replace(b"tiny/2", b"tiny") + done
+    assert stripped.usage_tokens == 5 and stripped.token_chunks == 1  # counted, though not passed on
+    whole = kept.feed(token + usage + done) + kept.flush()
+    assert whole == (token + usage + done).replace(b"tiny/2", b"tiny")
