@@ -13,9 +13,14 @@ Pure: no I/O, no clock. Rules, in order:
    Wilson interval exceeds it) the canary fails at once, however few requests it saw.
 2. Samples: fewer than the minimum on either side is inconclusive, never a pass.
 3. Latency: time per output token (end-to-end latency / output tokens) and TTFT, canary vs
-   stable over the same window: a one-sided Mann-Whitney U test (scipy) says whether the canary
-   is slower at all, and the median ratio whether it is slower by more than the policy allows.
-   Both must hold to fail: a threshold alone flaps on noise, a test alone fails on trifles.
+   stable over the same window. The canary fails when it is confidently slower than the policy
+   tolerates: a one-sided Mann-Whitney U test (scipy) of the canary's latencies against the
+   stable ones scaled by `max_latency_ratio`. Testing against the unscaled ones (is it slower at
+   all?) and also asking the median ratio to exceed the limit fails good canaries at about the
+   test's level on every check of every step: two instances of the same version, under the
+   demo's users on 2 cores, showed median ratios from 0.46 to 2.18 in 15 s windows, and that
+   rule failed 12 of 124 of them; the scaled test failed 0 (1 of 92 in 20 s windows). A canary
+   twice as slow still fails about 3 windows in 4, three times as slow every one.
 
 The driver looks at the growing window of a step every analysis interval. Testing latency at
 p < 0.05 on each of those looks fails a good canary far more often than 5 % of the time (CI
@@ -91,13 +96,13 @@ def _latency_check(name: str, stable: list[float], canary: list[float], policy: 
         return Check(name=name, outcome=Outcome.INCONCLUSIVE, measured=float(min(len(stable), len(canary))),
                      limit=float(policy.min_samples), detail=f"{len(canary)} canary / {len(stable)} stable measurements")
     ratio = statistics.median(canary) / statistics.median(stable)
-    p_value = float(stats.mannwhitneyu(canary, stable, alternative="greater").pvalue)
+    tolerated = [value * policy.max_latency_ratio for value in stable]
+    p_value = float(stats.mannwhitneyu(canary, tolerated, alternative="greater").pvalue)
     level = 1 - policy.confidence if final_look else policy.interim_p_value
-    slower = p_value < level
-    detail = (f"canary/stable median ratio {ratio:.2f} (limit {policy.max_latency_ratio:.2f}), "
-              f"Mann-Whitney p={p_value:.3g} (needs < {level:.3g} at {'the end of the bake' if final_look else 'an early look'}) "
+    detail = (f"canary/stable median ratio {ratio:.2f} (limit {policy.max_latency_ratio:.2f}); slower than the limit "
+              f"allows: Mann-Whitney p={p_value:.3g} (needs < {level:.3g} at {'the end of the bake' if final_look else 'an early look'}) "
               f"over {len(canary)}/{len(stable)} requests")
-    outcome = Outcome.FAIL if slower and ratio > policy.max_latency_ratio else Outcome.PASS
+    outcome = Outcome.FAIL if p_value < level else Outcome.PASS
     return Check(name=name, outcome=outcome, measured=ratio, limit=policy.max_latency_ratio, detail=detail)
 
 

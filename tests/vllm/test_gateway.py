@@ -125,7 +125,9 @@ def test_a_baseline_backend_serves_the_stable_version_under_its_own_route_key(ga
         chunks = list(c.completions.create(model=MODEL, prompt=PROMPT, max_tokens=4, temperature=0, stream=True,
                                            extra_headers={"x-fledge-version": key}))
         assert chunks and all(ch.model == MODEL for ch in chunks)
-        seen = [o for o in admin.observations(since) if o.version == key]
+        deadline = time.monotonic() + 10  # a stream is recorded once the gateway has closed it
+        while len(seen := [o for o in admin.observations(since) if o.version == key]) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
         assert len(seen) == 2 and all(o.ok for o in seen)
     finally:
         admin.remove_backend(key)
