@@ -108,8 +108,6 @@ def test_a_baseline_backend_serves_the_stable_version_under_its_own_route_key(ga
     """A baseline is another instance of the stable version: the gateway routes to it by its
     own key and asks it for the version's served name; clients see the public name, and its
     requests are observed apart from the stable instance's."""
-    import time
-
     from serving.gateway.routes import baseline_key
 
     server, admin = gateway
@@ -158,10 +156,16 @@ def test_metrics_appear_per_version_and_vllm_metrics_are_scrapable(gateway, serv
     for variant in ("base", "improved"):  # one streamed request each: TTFT is only measured on streams
         list(c.completions.create(model=MODEL, prompt=PROMPT, max_tokens=4, stream=True,
                                   extra_headers={"x-fledge-version": servers[variant].config.served_model_name}))
-    text = httpx.get(f"{server.url}/metrics").text
-    for version in (servers["base"].config.served_model_name, servers["improved"].config.served_model_name):
-        assert f'fledge_gateway_requests_total{{model="{MODEL}",status="200",version="{version}"}}' in text
-        assert f'fledge_gateway_time_to_first_token_seconds_count{{model="{MODEL}",version="{version}"}}' in text
+    expected = [f'{metric}{{model="{MODEL}",{label}version="{version}"}}'
+                for version in (servers["base"].config.served_model_name, servers["improved"].config.served_model_name)
+                for metric, label in (("fledge_gateway_requests_total", 'status="200",'),
+                                      ("fledge_gateway_time_to_first_token_seconds_count", ""))]
+    # A stream is recorded once the gateway has closed it, which may be just after the client read its end.
+    deadline = time.monotonic() + 10
+    while not all(line in (text := httpx.get(f"{server.url}/metrics").text) for line in expected) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for line in expected:
+        assert line in text
     assert "fledge_gateway_inter_token_latency_seconds_bucket" in text
     assert "vllm:" in admin.backend_metrics(servers["base"].config.served_model_name)
 
