@@ -1,12 +1,13 @@
 """Canary analysis: one window of observations, canary against its reference, to a typed decision.
 
 The reference is a *baseline* where the rollout has one: a second instance of the stable
-version, started with the canary and given the same share of traffic (Kayenta's practice). An
-instance's age and history are part of what a latency comparison measures: in CI and in the
-demo a candidate started by the release was 1.3-1.7x slower than the stable instance that had
-served since the start, while the same two versions side by side, started alike, measured
-0.99-1.18 both ways. The long-serving stable instance is the reference only where the policy
+version, started with the canary and given the same share of traffic (Kayenta's practice), so
+that an instance's age and history (caches, the evaluations it served) are not part of what the
+comparison measures. The long-serving stable instance is the reference only where the policy
 turns the baseline off. Below, "stable" is whichever reference the window is judged against.
+(The baseline did not cure the good canaries rolled back in CI and the demo at ratios 1.3-1.7:
+a canary rolled back against a baseline started beside it too. Those were the latency rule's
+noise, mended in rule 3.)
 
 Pure: no I/O, no clock. Rules, in order:
 1. Errors: when the canary's error rate is confidently above the limit (the lower bound of its
