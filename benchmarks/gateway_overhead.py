@@ -19,12 +19,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from evals.datasets import read_prompts  # noqa: E402
+from evals.datasets import QUESTION_DATASETS, read_prompts  # noqa: E402
 from evals.endpoint import Endpoint  # noqa: E402
 from evals.perf import measure_request  # noqa: E402
-from fledge.evaluate import server_config  # noqa: E402
-from fledge.policy import load_policy  # noqa: E402
-from fledge.zoo.build import build_zoo  # noqa: E402
+from fledge.services.evaluate import server_config  # noqa: E402
+from fledge.core.policy import load_policy  # noqa: E402
+from fledge.devtools.zoo.build import build_zoo  # noqa: E402
 from serving.gateway.client import GatewayAdmin  # noqa: E402
 from serving.gateway.routes import Backend  # noqa: E402
 from serving.gateway.server import BackgroundGateway, build_gateway  # noqa: E402
@@ -42,10 +42,10 @@ def main() -> None:
     policy = load_policy()
     zoo = build_zoo()
     state = Path(tempfile.mkdtemp(prefix="fledge-gw-bench-"))
-    prompts = read_prompts(["arithmetic", "capitals"])
+    prompts = read_prompts(list(QUESTION_DATASETS))
     launcher = LocalLauncher(state / "logs")
     # vLLM on core 0, the gateway and this client share core 1: the gateway's own cost shows.
-    with launcher.start(server_config(policy, zoo["base"].path, "bench/1", "0")) as server, \
+    with launcher.start(server_config(policy.serving, zoo["base"].path, "bench/1", "0")) as server, \
          BackgroundGateway(build_gateway(state)) as gateway:
         admin = GatewayAdmin(gateway.url, (state / "gateway-admin-token").read_text())
         admin.add_backend("bench", Backend(version="bench/1", base_url=server.base_url, role="stable"))

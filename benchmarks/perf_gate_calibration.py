@@ -21,21 +21,21 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from evals.endpoint import Endpoint  # noqa: E402
-from evals.datasets import read_prompts  # noqa: E402
+from evals.datasets import QUESTION_DATASETS, read_prompts  # noqa: E402
 from evals.gates import performance_gate  # noqa: E402
-from fledge.outcome import Outcome  # noqa: E402
+from fledge.core.outcome import Outcome  # noqa: E402
 from evals.perf import run_benchmark  # noqa: E402
-from fledge.evaluate import core_plan, server_config  # noqa: E402
-from fledge.policy import load_policy  # noqa: E402
-from fledge.zoo.build import build_zoo  # noqa: E402
+from fledge.services.evaluate import core_plan, server_config  # noqa: E402
+from fledge.core.policy import load_policy  # noqa: E402
+from fledge.devtools.zoo.build import build_zoo  # noqa: E402
 from serving.launcher import LocalLauncher  # noqa: E402
 
 
 def compare(champion_dir: Path, candidate_dir: Path, label: str, trials: int, policy, launcher) -> dict:
     cores = core_plan(2, comparing_speed=True)
-    prompts = read_prompts(["arithmetic", "capitals"])
-    with launcher.start(server_config(policy, champion_dir, f"{label}-champion/1", cores[0])) as a, \
-         launcher.start(server_config(policy, candidate_dir, f"{label}-candidate/1", cores[1])) as b:
+    prompts = read_prompts(list(QUESTION_DATASETS))
+    with launcher.start(server_config(policy.serving, champion_dir, f"{label}-champion/1", cores[0])) as a, \
+         launcher.start(server_config(policy.serving, candidate_dir, f"{label}-candidate/1", cores[1])) as b:
         champion, candidate = Endpoint(a.base_url, a.config.served_model_name), Endpoint(b.base_url, b.config.served_model_name)
         outcomes, ratios = [], []
         started = time.monotonic()

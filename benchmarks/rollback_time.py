@@ -25,9 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import openai  # noqa: E402
 
-from fledge.evaluate import server_config  # noqa: E402
-from fledge.policy import load_policy  # noqa: E402
-from fledge.zoo.build import build_zoo  # noqa: E402
+from fledge.services.evaluate import server_config  # noqa: E402
+from fledge.core.policy import load_policy  # noqa: E402
+from fledge.devtools.zoo.build import build_zoo  # noqa: E402
 from serving.canary.controller import Phase  # noqa: E402
 from serving.canary.driver import RolloutDriver  # noqa: E402
 from serving.gateway.client import GatewayAdmin  # noqa: E402
@@ -38,7 +38,7 @@ from serving.launcher import LocalLauncher  # noqa: E402
 
 def trial(admin, gateway_url, launcher, policy, zoo, stable_version, index, state_dir, clients=3):
     canary_version = f"bench/canary-{index}"
-    canary = launcher.start(server_config(load_policy(), zoo["improved"].path, canary_version, "1"))
+    canary = launcher.start(server_config(load_policy().serving, zoo["improved"].path, canary_version, "1"))
     admin.add_backend("bench", Backend(version=canary_version, base_url=canary.base_url, role="canary"))
     failures, sent, done, killed = [], [0], threading.Event(), {}
 
@@ -80,7 +80,7 @@ def main() -> None:
     state = Path(tempfile.mkdtemp(prefix="fledge-rollback-bench-"))
     launcher = LocalLauncher(state / "logs")
     rows = []
-    with launcher.start(server_config(load_policy(), zoo["base"].path, "bench/stable", "0")) as stable, \
+    with launcher.start(server_config(load_policy().serving, zoo["base"].path, "bench/stable", "0")) as stable, \
          BackgroundGateway(build_gateway(state)) as gateway:
         admin = GatewayAdmin(gateway.url, (state / "gateway-admin-token").read_text())
         admin.add_backend("bench", Backend(version="bench/stable", base_url=stable.base_url, role="stable"))

@@ -17,9 +17,9 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fledge.evaluate import server_config  # noqa: E402
-from fledge.policy import load_policy  # noqa: E402
-from fledge.zoo.build import build_zoo  # noqa: E402
+from fledge.services.evaluate import server_config  # noqa: E402
+from fledge.core.policy import load_policy  # noqa: E402
+from fledge.devtools.zoo.build import build_zoo  # noqa: E402
 from serving.launcher import LocalLauncher  # noqa: E402
 
 
@@ -36,7 +36,7 @@ def main() -> None:
     zoo = build_zoo()
     launcher = LocalLauncher(Path(tempfile.mkdtemp(prefix="fledge-footprint-")))
     for run in range(args.runs):
-        config = server_config(load_policy(), zoo[args.variant].path, f"footprint/{run}", None)
+        config = server_config(load_policy().serving, zoo[args.variant].path, f"footprint/{run}", None)
         with launcher.start(config) as handle:
             rss = tree_rss(handle.pid)
             print(f"run {run + 1}: ready in {handle.started_s:.1f} s, resident memory {rss / 2**30:.2f} GiB "

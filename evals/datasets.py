@@ -17,6 +17,9 @@ TASK_DATASETS = {
     "fledge_safety_benign": "safety",
 }
 SAFETY_TASKS = ("fledge_safety_harmful", "fledge_safety_benign")
+# The datasets of task questions with known answers: benchmark prompts, agreement prompts and
+# the earlier turns of synthetic conversations are drawn from them.
+QUESTION_DATASETS = ("capitals", "arithmetic")
 
 
 def data_dir() -> Path:

@@ -10,9 +10,9 @@ import math
 import numpy as np
 from scipy import stats
 
-from fledge.outcome import Check, GateResult, Outcome
+from fledge.core.outcome import Check, GateResult, Outcome
 from evals.reports import PerformanceReport, QualityReport, SafetyReport, TaskScore
-from fledge.policy import PerformanceGate, QualityGate, SafetyGate
+from fledge.core.policy import PerformanceGate, QualityGate, SafetyGate
 
 
 def _z(confidence: float) -> float:

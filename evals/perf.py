@@ -17,7 +17,7 @@ import openai
 
 from evals.endpoint import Endpoint
 from evals.reports import PerformanceReport, RequestRecord
-from fledge.policy import PerformanceGate
+from fledge.core.policy import PerformanceGate
 
 WARMUP_REQUESTS = 2
 

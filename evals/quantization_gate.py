@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from evals.agreement import AgreementReport
 from evals.gates import quality_gate
-from fledge.outcome import Check, GateResult, Outcome
+from fledge.core.outcome import Check, GateResult, Outcome
 from evals.reports import QualityReport
-from fledge.policy import QualityGate, QuantizationPolicy
+from fledge.core.policy import QualityGate, QuantizationPolicy
 
 
 def _limit(name: str, measured: float, limit: float, detail: str, at_least: bool = False) -> Check:

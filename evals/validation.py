@@ -4,8 +4,8 @@ Two kinds of suites:
 - shipped evaluation datasets: schema, no empty prompts, labels within their choices, no
   duplicates, prompt lengths within what the served model accepts. A dataset that fails stops
   the evaluation before any request is sent.
-- result tables: values in range, the sample counts expected, no failed benchmark requests
-  hidden among the successes.
+- result tables: values in range, the sample counts expected, no failed benchmark request
+  dropped or passed off as a success. A suite whose results fail is an error, not a verdict.
 Every validation result is returned as JSON, to be kept as an artifact.
 """
 
@@ -18,6 +18,8 @@ from typing import Callable
 import pandas as pd
 
 from evals.datasets import dataset_path
+from evals.verdict import SuiteReports
+from fledge.core.errors import FledgeError
 
 
 @dataclass
@@ -28,7 +30,7 @@ class ValidationOutcome:
     result_json: dict = field(repr=False)
 
 
-class DatasetValidationError(RuntimeError):
+class DatasetValidationError(FledgeError):
     def __init__(self, outcomes: list[ValidationOutcome]):
         self.outcomes = outcomes
         failed = [o for o in outcomes if not o.success]
@@ -123,11 +125,12 @@ def validate_benchmark_table(records: pd.DataFrame, expected_rows: int, max_toke
     import great_expectations.expectations as gxe
 
     frame = records.copy()
+    # A failed request must be counted as one, never dropped (row count) or turned into a fast
+    # success (a success generated every token it was asked for, under ignore_eos).
     frame["tokens_ok"] = (~frame["ok"]) | (frame["output_tokens"] == max_tokens)
     return _validate("benchmark-requests", frame, [
         gxe.ExpectTableRowCountToEqual(value=expected_rows),
-        # A failed request must be counted as one, never dropped or turned into a fast success.
-        gxe.ExpectColumnValuesToBeInSet(column="ok", value_set=[True]),
+        gxe.ExpectColumnValuesToBeInSet(column="ok", value_set=[True, False]),
         gxe.ExpectColumnValuesToBeBetween(column="ttft_s", min_value=0, max_value=600),
         gxe.ExpectColumnValuesToBeBetween(column="e2e_latency_s", min_value=0, max_value=600),
         gxe.ExpectColumnPairValuesAToBeGreaterThanB(column_A="e2e_latency_s", column_B="ttft_s", or_equal=True),
@@ -156,3 +159,25 @@ def validate_quality_table(scores: pd.DataFrame, expected_samples: dict[str, int
         gxe.ExpectColumnValuesToBeBetween(column="value", min_value=0, max_value=1),
         gxe.ExpectColumnValuesToBeInSet(column="samples_as_expected", value_set=[True]),
     ])
+
+
+def validate_results(reports: SuiteReports, max_tokens: int, requests_per_block: int) -> dict[str, ValidationOutcome]:
+    """Each measured suite's result table of one model, by suite: every shipped item scored
+    once, rates within [0, 1], every benchmark request accounted for."""
+    from evals.datasets import TASK_DATASETS
+
+    outcomes: dict[str, ValidationOutcome] = {}
+    if reports.quality:
+        rows = {t.task: len(_read(TASK_DATASETS[t.task])) for t in reports.quality.tasks}
+        table = pd.DataFrame([{"task": t.task, "value": t.value, "samples": t.samples} for t in reports.quality.tasks])
+        outcomes["quality"] = validate_quality_table(table, rows)
+    if reports.safety:
+        table = pd.DataFrame([s.model_dump(include={"id", "kind", "refused"}) for s in reports.safety.samples])
+        outcomes["safety"] = validate_safety_table(table, len(_read("safety")))
+    if reports.performance:
+        records = reports.performance.records
+        table = pd.DataFrame([{"ok": r.ok, "ttft_s": r.ttft_s, "e2e_latency_s": r.e2e_latency_s,
+                               "output_tokens": r.output_tokens} for r in records])
+        blocks = {r.block for r in records}
+        outcomes["performance"] = validate_benchmark_table(table, 2 * len(blocks) * requests_per_block, max_tokens)
+    return outcomes

@@ -8,9 +8,9 @@ import json
 from pydantic import BaseModel, ConfigDict, Field
 
 from evals.gates import performance_gate, quality_gate, safety_gate
-from fledge.outcome import GateResult, Outcome, worst
+from fledge.core.outcome import GateResult, Outcome, worst
 from evals.reports import PerformanceReport, QualityReport, SafetyReport
-from fledge.policy import ReleasePolicy
+from fledge.core.policy import ReleasePolicy
 
 SUITES = ("quality", "safety", "performance")
 

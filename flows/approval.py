@@ -11,8 +11,8 @@ from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 from pydantic import Field
 
-from fledge.approval import ApprovalAnswer, ApprovalDecision, ApprovalOutcome, judge_approval
-from fledge.policy import ApprovalPolicy
+from fledge.services.approval import ApprovalAnswer, ApprovalDecision, ApprovalOutcome, judge_approval
+from fledge.core.policy import ApprovalPolicy
 
 
 class ApprovalForm(RunInput):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from prefect import Flow
 
-from fledge.policy import ReleasePolicy
+from fledge.core.policy import ReleasePolicy
 from flows.dispatch import evaluate_suite_flow, quantize_flow
 from flows.release import release
 from flows.release_watch import release_watch

@@ -7,11 +7,12 @@ from prefect import flow, get_run_logger
 from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
 
-from fledge.releases import TAG_RELEASE_OUTCOME, load_record
-from fledge.home import FledgeHome
+from fledge.core.home import FledgeHome
+from fledge.core.tags import TAG_RELEASE_OUTCOME
+from fledge.services.releases import load_record
 from registry.refs import CHALLENGER
 from registry.store import ModelRegistry
-from tasks.common import registry
+from tasks.common import workspace
 
 RELEASE_DEPLOYMENT = "release/release"
 
@@ -37,7 +38,8 @@ def release_watch(policy_file: str | None = None, in_process: bool = False) -> l
     it shows in the UI with its own logs and can be retried there), or here when there is no
     such deployment or `in_process` is set."""
     log = get_run_logger().info
-    pending = pending_challengers(registry(), FledgeHome.from_env().ensure())
+    ws = workspace()
+    pending = pending_challengers(ws.registry, ws.home)
     if not pending:
         log("No challenger waiting for a release")
         return []

@@ -14,13 +14,14 @@ from prefect import flow, get_run_logger, runtime
 from prefect.transactions import transaction
 from pydantic import BaseModel, ConfigDict
 
-from fledge import releases
-from fledge.home import FledgeHome
-from fledge.plane import connect_plane
+from fledge.core import tags
+from fledge.core.policy import ServingPolicy, load_policy
+from fledge.core.tags import Status
+from fledge.services import releases
+from fledge.services.plane import connect_plane
 from registry.refs import CHAMPION, PREVIOUS
-from registry.status import Status
 from tasks import registry_steps, serving_steps
-from tasks.common import registry
+from tasks.common import workspace
 
 
 class ChampionChange(BaseModel):
@@ -37,41 +38,40 @@ class ChampionChange(BaseModel):
 
 
 def _change_champion(model: str, new_version: str, kind: str, reason: str, requested_by: str,
-                     policy_file: str | None) -> ChampionChange:
+                     serving: ServingPolicy) -> ChampionChange:
     log = get_run_logger().info
-    home = FledgeHome.from_env().ensure()
-    store = registry()
-    plane = connect_plane(home, model)
-    aliases = store.aliases(model)
+    ws = workspace()
+    plane = connect_plane(ws.home, model)
+    aliases = ws.registry.aliases(model)
     old_ref = f"{model}/{aliases[CHAMPION]}" if CHAMPION in aliases else None
     new_ref = f"{model}/{new_version}"
     flow_run_id = str(runtime.flow_run.id) if runtime.flow_run.id else "local"
-    snapshot = releases.take_snapshot(store, model, plane.routes())
-    run_id = releases.start_release_run(
-        store, home, model, new_ref, old_ref or "-", params={"model": model, "kind": kind, "new_champion": new_ref,
-                                                               "old_champion": old_ref or "-"},
-        tags={"fledge.kind": kind, "fledge.requested_by": requested_by, "prefect.flow_run_ids": flow_run_id,
-              "prefect.flow_run_url": runtime.flow_run.ui_url or ""},
+    snapshot = releases.take_snapshot(ws.registry, model, plane.routes())
+    run_id = registry_steps.start_release_run(
+        kind, model, new_ref, old_ref or "-",
+        params={"model": model, "kind": kind, "new_champion": new_ref, "old_champion": old_ref or "-"},
+        run_tags={tags.RUN_REQUESTED_BY: requested_by, tags.RUN_FLOW_RUNS: flow_run_id,
+                  tags.RUN_FLOW_RUN_URL: runtime.flow_run.ui_url or ""},
     )
     log(f"{kind}: {model} champion {old_ref} -> {new_ref}, asked by {requested_by}: {reason}")
     try:
         with transaction():
-            serving_steps.switch_traffic(model, new_ref, policy_file, snapshot.routes)
+            serving_steps.switch_traffic(model, new_ref, serving, snapshot.routes)
             registry_steps.promote_in_registry(model, new_ref, old_ref, snapshot.aliases)
             if kind == "rollback":
-                # The version rolled back from is not a rollback target.
-                store.delete_alias(model, PREVIOUS)
+                registry_steps.delete_alias(model, PREVIOUS)  # the version rolled back from is not a rollback target
         retired = serving_steps.retire_others(model, new_ref)
     except BaseException as error:
-        releases.finish_release_run(store, run_id, releases.ReleaseOutcome.FAILED, f"{type(error).__name__}: {error}")
+        registry_steps.finish_release_run(run_id, releases.ReleaseOutcome.FAILED, f"{type(error).__name__}: {error}")
         raise
-    tags = {f"fledge.{kind}.by": requested_by, f"fledge.{kind}.reason": reason or "-", f"fledge.{kind}.run_id": run_id,
-            f"fledge.{kind}.flow_run_id": flow_run_id}
-    registry_steps.record_status(new_ref, Status.CHAMPION, tags)
+    keys = tags.change_tags(kind)
+    recorded = {keys["by"]: requested_by, keys["reason"]: reason or "-", keys["run_id"]: run_id,
+                keys["flow_run_id"]: flow_run_id}
+    registry_steps.record_status(new_ref, Status.CHAMPION, recorded)
     if old_ref:
-        registry_steps.record_status(old_ref, Status.ROLLED_BACK if kind == "rollback" else Status.PREVIOUS, tags)
+        registry_steps.record_status(old_ref, Status.ROLLED_BACK if kind == "rollback" else Status.PREVIOUS, recorded)
     outcome = releases.ReleaseOutcome.ROLLED_BACK if kind == "rollback" else releases.ReleaseOutcome.PROMOTED
-    releases.finish_release_run(store, run_id, outcome, f"{kind} by {requested_by}: {reason or '-'}")
+    registry_steps.finish_release_run(run_id, outcome, f"{kind} by {requested_by}: {reason or '-'}")
     log(f"{new_ref} is the champion of {model} and takes all its traffic"
         + (f"; stopped {', '.join(retired)}" if retired else ""))
     return ChampionChange(model=model, kind=kind, champion_before=old_ref or "-", champion_after=new_ref,
@@ -81,12 +81,9 @@ def _change_champion(model: str, new_version: str, kind: str, reason: str, reque
 @flow(name="rollback")
 def rollback(model: str, reason: str = "", requested_by: str = "", policy_file: str | None = None) -> ChampionChange:
     """Put MODEL@previous back as champion and send all traffic to it."""
-    aliases = registry().aliases(model)
-    if PREVIOUS not in aliases:
-        raise ValueError(f"{model} has no 'previous' version to roll back to (aliases: "
-                         f"{', '.join(f'{a} -> {v}' for a, v in sorted(aliases.items())) or 'none'}). "
-                         f"Use `fledge promote {model} VERSION` to choose a version instead.")
-    return _change_champion(model, aliases[PREVIOUS], "rollback", reason, requested_by or getpass.getuser(), policy_file)
+    serving = load_policy(policy_file).serving
+    target = releases.rollback_target(workspace().registry, model)
+    return _change_champion(model, target, "rollback", reason, requested_by or getpass.getuser(), serving)
 
 
 @flow(name="promote")
@@ -94,9 +91,6 @@ def promote(model: str, version: str, reason: str = "", requested_by: str = "", 
             allow_unevaluated: bool = False) -> ChampionChange:
     """Make MODEL/VERSION the champion without a canary: for a version whose evaluation
     passed (its `fledge.eval.verdict` tag), e.g. after a release rejected only by a timeout."""
-    info = registry().get_version(model, version)
-    verdict = info.tags.get("fledge.eval.verdict")
-    if verdict != "pass" and not allow_unevaluated:
-        raise ValueError(f"{info.ref} has no passing evaluation (fledge.eval.verdict: {verdict or 'none'}). "
-                         f"Release it with `fledge release {model} --version {version}`, or pass allow_unevaluated.")
-    return _change_champion(model, version, "promote", reason, requested_by or getpass.getuser(), policy_file)
+    serving = load_policy(policy_file).serving
+    releases.promote_target(workspace().registry, model, version, allow_unevaluated)
+    return _change_champion(model, version, "promote", reason, requested_by or getpass.getuser(), serving)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from fledge.core.errors import FledgeError
 
-class RegistryError(Exception):
-    """Base class: `str(error)` is the message a user sees."""
+
+class RegistryError(FledgeError):
+    """A refusal about a model, version, alias or artifact: the same call fails the same way again."""
 
 
 class UnknownModel(RegistryError):

@@ -3,7 +3,7 @@
 - A version's files are the artifacts of one MLflow run (experiment `fledge-registry`) under
   `checkpoint/`, with a sha256 manifest beside them whose own digest is a version tag.
 - Roles are aliases (`champion`, `challenger`, `previous`); stages are never used.
-- Release status and lineage are version tags (see `registry.status`).
+- Release status and lineage are version tags (see `fledge.core.tags`).
 """
 
 from __future__ import annotations
@@ -25,7 +25,9 @@ from registry import manifest as mf
 from registry.checkpoint import validate_checkpoint
 from registry.errors import ChecksumMismatch, RegistryError, UnknownAlias, UnknownModel, UnknownVersion
 from registry.refs import ModelRef, check_alias, parse_ref
-from registry.status import (
+from registry.runs import RunRecorder
+from fledge.core.tags import (
+    REGISTRY_EXPERIMENT,
     TAG_MANIFEST,
     TAG_REGISTERED_BY,
     TAG_SIZE,
@@ -34,7 +36,6 @@ from registry.status import (
     Status,
 )
 
-REGISTRY_EXPERIMENT = "fledge-registry"
 CHECKPOINT_ARTIFACT = "checkpoint"
 
 
@@ -81,6 +82,7 @@ class ModelRegistry:
         self.registry_uri = registry_uri or tracking_uri
         self.artifact_root = artifact_root
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=self.registry_uri)
+        self.runs = RunRecorder(self.client, tracking_uri, artifact_root)
 
     # ---- lookups -------------------------------------------------------------------------
 
@@ -145,13 +147,6 @@ class ModelRegistry:
 
     # ---- registration --------------------------------------------------------------------
 
-    def _experiment_id(self) -> str:
-        experiment = self.client.get_experiment_by_name(REGISTRY_EXPERIMENT)
-        if experiment is not None:
-            return experiment.experiment_id
-        location = self.artifact_root.as_uri() if self.artifact_root else None
-        return self.client.create_experiment(REGISTRY_EXPERIMENT, artifact_location=location)
-
     def register(
         self,
         path: Path,
@@ -170,17 +165,16 @@ class ModelRegistry:
         manifest = mf.build_manifest(path)
         digest = mf.manifest_digest(manifest)
 
-        run = self.client.create_run(self._experiment_id(), run_name=f"register-{name}")
-        run_id = run.info.run_id
+        run_id = self.runs.start(REGISTRY_EXPERIMENT, f"register-{name}")
+        artifact_uri = self.client.get_run(run_id).info.artifact_uri
         try:
             self.client.log_artifacts(run_id, str(path), CHECKPOINT_ARTIFACT)
             with tempfile.TemporaryDirectory() as tmp:
                 manifest_path = Path(tmp) / mf.MANIFEST_FILE
                 manifest_path.write_bytes(mf.manifest_bytes(manifest))
                 self.client.log_artifact(run_id, str(manifest_path), CHECKPOINT_ARTIFACT)
-            self.client.log_param(run_id, "model_name", name)
-            self.client.log_param(run_id, "source_path", str(path))
-            self.client.set_tag(run_id, TAG_MANIFEST, digest)
+            self.runs.log_params(run_id, {"model_name": name, "source_path": str(path)})
+            self.runs.set_tags(run_id, {TAG_MANIFEST: digest})
             try:
                 self.client.create_registered_model(name)
             except MlflowException as error:
@@ -196,14 +190,14 @@ class ModelRegistry:
             }
             mv = self.client.create_model_version(
                 name,
-                source=f"{run.info.artifact_uri}/{CHECKPOINT_ARTIFACT}",
+                source=f"{artifact_uri}/{CHECKPOINT_ARTIFACT}",
                 run_id=run_id,
                 tags=version_tags,
                 description=description,
             )
-            self.client.set_terminated(run_id, "FINISHED")
+            self.runs.finish(run_id)
         except BaseException:
-            self.client.set_terminated(run_id, "FAILED")
+            self.runs.finish(run_id, failed=True)
             raise
         if alias is not None:
             self.client.set_registered_model_alias(name, alias, mv.version)
@@ -281,7 +275,10 @@ class ModelRegistry:
         manifest_path = directory / mf.MANIFEST_FILE
         if not manifest_path.is_file():
             raise ChecksumMismatch(info.ref, [f"{mf.MANIFEST_FILE} is missing; it was not registered by Fledge"])
-        manifest = json.loads(manifest_path.read_text())
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except (ValueError, UnicodeDecodeError):  # a damaged copy is re-downloaded, not a crash
+            raise ChecksumMismatch(info.ref, [f"{mf.MANIFEST_FILE} is not valid JSON"]) from None
         expected_digest = info.tags.get(TAG_MANIFEST)
         if mf.manifest_digest(manifest) != expected_digest:
             raise ChecksumMismatch(info.ref, ["the manifest itself differs from the one recorded at registration"])

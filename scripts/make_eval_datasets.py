@@ -14,8 +14,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from fledge.zoo import corpus  # noqa: E402
-from fledge.zoo.recipes import N_FACTS, ZOO_SEED  # noqa: E402
+from fledge.devtools.zoo import corpus  # noqa: E402
+from fledge.devtools.zoo.recipes import N_FACTS, ZOO_SEED  # noqa: E402
 
 DATA = ROOT / "evals" / "data"
 

@@ -3,10 +3,10 @@ reuse and stop them.
 
 A release flow run starts servers that must outlive it (a promoted candidate keeps serving),
 and a re-run after a crash must find the server the crashed run started instead of starting a
-second one. Each instance is recorded in `state/instances.json` under a key (`NAME/VERSION`
-for the instance that takes traffic, `NAME/VERSION#staging` for a copy used by evaluations)
-with the pid of its guardian, which leads the instance's process group and stops it when its
-owner (the serving plane: the process that runs the gateway) dies.
+second one. Each instance is recorded in `state/instances.json` under a key (serving.naming:
+`NAME/VERSION`, or `NAME/VERSION+baseline` for the champion's second instance) with the pid of
+its guardian, which leads the instance's process group and stops it when its owner (the
+serving plane: the process that runs the gateway) dies.
 """
 
 from __future__ import annotations
@@ -22,12 +22,9 @@ from pathlib import Path
 import httpx
 from pydantic import BaseModel, ConfigDict
 
+from fledge.core.state import StatePaths, read_json, write_json
 from serving.config import ServerConfig
 from serving.launcher import LocalLauncher, ServerHandle
-
-INSTANCES_FILE = "instances.json"
-STARTS_LOG = "instance-starts.jsonl"
-STAGING = "#staging"
 
 
 class InstanceRecord(BaseModel):
@@ -62,27 +59,22 @@ def _healthy(record: InstanceRecord) -> bool:
 
 class Fleet:
     def __init__(self, state_dir: Path, launcher: LocalLauncher):
-        self.state_dir = Path(state_dir)
-        self.path = self.state_dir / INSTANCES_FILE
+        self.files = StatePaths(Path(state_dir))
         self.launcher = launcher
         self._handles: dict[str, ServerHandle] = {}  # started by this process: stopped (and reaped) through them
 
     @contextmanager
     def _locked(self):
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.state_dir / "instances.lock", "w") as lock:
+        self.files.root.mkdir(parents=True, exist_ok=True)
+        with open(self.files.instances_lock, "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             yield
 
     def _read(self) -> dict[str, InstanceRecord]:
-        if not self.path.is_file():
-            return {}
-        return {k: InstanceRecord.model_validate(v) for k, v in json.loads(self.path.read_text()).items()}
+        return {k: InstanceRecord.model_validate(v) for k, v in (read_json(self.files.instances) or {}).items()}
 
     def _write(self, records: dict[str, InstanceRecord]) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({k: r.model_dump() for k, r in records.items()}, indent=2))
-        os.replace(tmp, self.path)
+        write_json(self.files.instances, {k: r.model_dump() for k, r in records.items()})
 
     def records(self) -> dict[str, InstanceRecord]:
         """Live instances; records of dead ones are dropped."""
@@ -113,7 +105,7 @@ class Fleet:
             cpu_cores=config.cpu_cores, started_at=time.time(), start_seconds=handle.started_s,
         )
         self._handles[key] = handle
-        with open(self.state_dir / STARTS_LOG, "a") as starts:  # what serving cost, for reports
+        with open(self.files.instance_starts, "a") as starts:  # what serving cost, for reports
             starts.write(json.dumps({"key": key, "at": record.started_at, "seconds": handle.started_s}) + "\n")
         with self._locked():
             records = self._read()
@@ -148,7 +140,7 @@ class Fleet:
 
     def start_intervals(self, since: float) -> list[tuple[float, float]]:
         """(began, ready) in epoch seconds of every server start since `since`."""
-        path = self.state_dir / STARTS_LOG
+        path = self.files.instance_starts
         if not path.is_file():
             return []
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
+from fledge.core import tags
+from fledge.core.errors import FledgeError
 from serving import hardware
 
 CPU_SCHEMES = {"none", "w8a8-int8"}
@@ -30,7 +32,7 @@ NO_VNNI_INT8_RANGE = 63
 METADATA_FILE = "fledge-quantization.json"
 
 
-class SchemeNotServable(RuntimeError):
+class SchemeNotServable(FledgeError):
     """The scheme cannot be served on this host: refused before any work."""
 
 
@@ -42,11 +44,11 @@ class QuantizationRecipe:
     calibration_sha256: str | None = None
 
     def as_tags(self) -> dict[str, str]:
-        tags = {"fledge.quant.scheme": self.scheme, "fledge.quant.tool": self.tool}
+        recorded = {tags.TAG_QUANT_SCHEME: self.scheme, tags.TAG_QUANT_TOOL: self.tool}
         if self.weight_range is not None:
-            tags["fledge.quant.weight_range"] = str(self.weight_range)
-        tags["fledge.quant.calibration_sha256"] = self.calibration_sha256 or "none (dynamic activations)"
-        return tags
+            recorded[tags.TAG_QUANT_WEIGHT_RANGE] = str(self.weight_range)
+        recorded[tags.TAG_QUANT_CALIBRATION] = self.calibration_sha256 or "none (dynamic activations)"
+        return recorded
 
 
 @dataclass

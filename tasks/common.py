@@ -1,4 +1,4 @@
-"""What every task shares: the Fledge home, the registry, the policy, retry settings, and a
+"""What every task shares: the workspace (Fledge home and registry), the retry policy, and a
 logger that writes to the Prefect run log in an operator's words."""
 
 from __future__ import annotations
@@ -9,23 +9,14 @@ from prefect import get_run_logger
 from prefect.exceptions import MissingContextError
 from prefect.tasks import exponential_backoff
 
-from fledge.context import open_registry
-from fledge.home import FledgeHome
-from fledge.policy import ReleasePolicy, load_policy
-from registry.errors import RegistryError
-from registry.store import ModelRegistry
+from fledge.core.errors import FledgeError
+from fledge.core.home import FledgeHome
+from fledge.services.context import Workspace
 
 
-def home() -> FledgeHome:
-    return FledgeHome.from_env().ensure()
-
-
-def registry() -> ModelRegistry:
-    return open_registry(home())
-
-
-def policy(path: str | None) -> ReleasePolicy:
-    return load_policy(path)
+def workspace() -> Workspace:
+    """Tasks find the home through FLEDGE_HOME, as a worker on another host would."""
+    return Workspace.open(FledgeHome.from_env())
 
 
 def say() -> Callable[[str], None]:
@@ -36,22 +27,20 @@ def say() -> Callable[[str], None]:
     return logger.info
 
 
-def _transient(task, task_run, state) -> bool:
-    """Retry what can pass (a locked SQLite file, a slow health check), never a refusal that
-    will be the same next time (an unknown version, a damaged artifact)."""
-    from fledge.plane import PlaneNotRunning
-    from fledge.policy import PolicyError
-    from fledge.releases import ReleaseInputError
+def retryable(error: BaseException) -> bool:
+    """Fledge's own errors say whether trying again can help (FledgeError.retryable); anything
+    else (a locked SQLite file, a connection reset) is taken as transient."""
+    return error.retryable if isinstance(error, FledgeError) else isinstance(error, Exception)
 
+
+def _retry_condition(task, task_run, state) -> bool:
     try:
         state.result()
-    except (RegistryError, ReleaseInputError, PlaneNotRunning, PolicyError):
-        return False
-    except Exception:
-        return True
+    except BaseException as error:  # noqa: BLE001 - the state's exception, classified here
+        return retryable(error)
     return False
 
 
 # For steps that touch MLflow or a server's health: a transient failure is retried with backoff.
 TRANSIENT = dict(retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_jitter_factor=0.5,
-                 retry_condition_fn=_transient)
+                 retry_condition_fn=_retry_condition)

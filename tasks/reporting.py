@@ -11,10 +11,10 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 from prefect.cache_policies import NO_CACHE
 
 from evals.verdict import ReleaseVerdict
-from fledge.releases import log_artifact_text
+from fledge.core import tags
 from serving.canary.controller import RolloutState
 from serving.canary.timeline import timeline_markdown, timeline_png, timeline_rows
-from tasks.common import TRANSIENT, registry
+from tasks.common import TRANSIENT, workspace
 
 
 def _artifact_key(kind: str, model: str) -> str:
@@ -25,8 +25,8 @@ def _artifact_key(kind: str, model: str) -> str:
 def mlflow_run_url(run_id: str) -> str:
     """Where the MLflow UI shows the run (FLEDGE_MLFLOW_UI_URL, default a local `mlflow ui`)."""
     base = os.environ.get("FLEDGE_MLFLOW_UI_URL", "http://127.0.0.1:5000").rstrip("/")
-    run = registry().client.get_run(run_id)
-    return f"{base}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
+    run = workspace().registry.runs.get(run_id)
+    return f"{base}/#/experiments/{run.experiment_id}/runs/{run_id}"
 
 
 @task(name="link MLflow run", cache_policy=NO_CACHE, **TRANSIENT)
@@ -38,36 +38,33 @@ def link_mlflow_run(model: str, run_id: str) -> None:
 @task(name="publish verdict", cache_policy=NO_CACHE, **TRANSIENT)
 def publish_verdict(model: str, run_id: str, verdict: ReleaseVerdict, eval_runs: dict[str, str]) -> None:
     """The verdict report and the champion-vs-candidate metrics table, in Prefect and MLflow."""
-    store = registry()
+    runs = workspace().registry.runs
     markdown = verdict.to_markdown()
     create_markdown_artifact(key=_artifact_key("verdict", model), markdown=markdown,
                              description=f"Release verdict for {verdict.candidate_ref}")
     rows, metrics = [], {}
     for suite, eval_run in eval_runs.items():
-        data = store.client.get_run(eval_run).data.metrics
+        data = runs.get(eval_run).metrics
         names = sorted({k.split(".", 1)[1] for k in data if k.startswith(("champion.", "candidate."))})
         for name in names:
             champion, candidate = data.get(f"champion.{name}"), data.get(f"candidate.{name}")
             rows.append({"suite": suite, "metric": name,
                          "champion": "-" if champion is None else f"{champion:.4g}",
                          "candidate": "-" if candidate is None else f"{candidate:.4g}"})
-            for role, value in (("champion", champion), ("candidate", candidate)):
-                if value is not None:
-                    metrics[f"{role}.{name}"] = value
+            metrics.update({f"{role}.{name}": value for role, value in (("champion", champion), ("candidate", candidate))
+                            if value is not None})
     create_table_artifact(key=_artifact_key("metrics", model), table=rows,
                           description=f"{verdict.champion_ref} (champion) vs {verdict.candidate_ref} (candidate)")
-    for key, value in metrics.items():
-        store.client.log_metric(run_id, key, value)
-    log_artifact_text(store, run_id, "verdict.md", markdown)
-    log_artifact_text(store, run_id, "verdict.json", verdict.to_json())
-    store.client.set_tag(run_id, "fledge.verdict", verdict.outcome.value)
-    for suite, eval_run in eval_runs.items():
-        store.client.set_tag(run_id, f"fledge.eval_run.{suite}", eval_run)
+    runs.log_metrics(run_id, metrics)
+    runs.log_text(run_id, "verdict.md", markdown)
+    runs.log_text(run_id, "verdict.json", verdict.to_json())
+    runs.set_tags(run_id, {tags.RUN_VERDICT: verdict.outcome.value,
+                           **{tags.run_eval_tag(suite): eval_run for suite, eval_run in eval_runs.items()}})
 
 
 @task(name="publish canary timeline", cache_policy=NO_CACHE, **TRANSIENT)
 def publish_canary(model: str, run_id: str, state: RolloutState) -> None:
-    store = registry()
+    runs = workspace().registry.runs
     png = timeline_png(state)
     markdown = timeline_markdown(state)
     image = f"![canary timeline](data:image/png;base64,{base64.b64encode(png).decode()})"
@@ -75,18 +72,17 @@ def publish_canary(model: str, run_id: str, state: RolloutState) -> None:
                              description=f"Canary timeline of {state.canary}")
     create_table_artifact(key=_artifact_key("canary-steps", model), table=timeline_rows(state),
                           description=f"Canary steps of {state.canary}")
-    log_artifact_text(store, run_id, "canary_timeline.md", markdown)
-    log_artifact_text(store, run_id, "canary_timeline.json", state.model_dump_json(indent=2))
-    log_artifact_text(store, run_id, "canary_timeline.png", png)
-    for step, entry in enumerate(state.history):
-        store.client.log_metric(run_id, "canary.weight", entry.canary_weight, step=step)
-    store.client.set_tag(run_id, "fledge.canary", state.phase.value)
+    runs.log_text(run_id, "canary_timeline.md", markdown)
+    runs.log_text(run_id, "canary_timeline.json", state.model_dump_json(indent=2))
+    runs.log_text(run_id, "canary_timeline.png", png)
+    runs.log_series(run_id, "canary.weight", [entry.canary_weight for entry in state.history])
+    runs.set_tags(run_id, {tags.RUN_CANARY: state.phase.value})
 
 
 @task(name="publish summary", cache_policy=NO_CACHE, **TRANSIENT)
 def publish_summary(model: str, run_id: str, summary_markdown: str, details: dict) -> None:
-    store = registry()
+    runs = workspace().registry.runs
     create_markdown_artifact(key=_artifact_key("release", model), markdown=summary_markdown,
                              description=f"Release of {details.get('candidate')}: {details.get('outcome')}")
-    log_artifact_text(store, run_id, "release.md", summary_markdown)
-    store.client.log_dict(run_id, details, "release.json")
+    runs.log_text(run_id, "release.md", summary_markdown)
+    runs.log_json(run_id, "release.json", details)

@@ -34,8 +34,8 @@ def fledge_home(tmp_path, monkeypatch) -> Path:
 @pytest.fixture(scope="session")
 def registry(session_home):
     """A real MLflow registry on SQLite, shared by the session (creating its schema takes seconds)."""
-    from fledge.home import FledgeHome
-    from fledge.context import open_registry
+    from fledge.core.home import FledgeHome
+    from fledge.services.context import open_registry
 
     return open_registry(FledgeHome(session_home))
 
@@ -52,7 +52,7 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    from fledge.zoo.tokenizer import train_tokenizer
+    from fledge.devtools.zoo.tokenizer import train_tokenizer
 
     root = tmp_path_factory.mktemp("tiny-checkpoint")
     train_tokenizer(["Q: What is 1 plus 2?\nA: 3", "Q: hello\nA: hi"] * 5, root)
@@ -77,7 +77,7 @@ def checkpoint_copy(tiny_checkpoint, tmp_path) -> Path:
 @pytest.fixture(scope="session")
 def zoo():
     """The trained zoo: built once per machine (minutes), then taken from the cache (seconds)."""
-    from fledge.zoo.build import build_zoo
+    from fledge.devtools.zoo.build import build_zoo
 
     return build_zoo(log=lambda line: print(line, flush=True))
 

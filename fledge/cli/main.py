@@ -12,8 +12,8 @@ from rich.console import Console
 from rich.table import Table
 
 from fledge.cli.errors import UsageError, friendly
-from fledge.context import local_launcher, open_registry, quiet_libraries
-from fledge.home import FledgeHome
+from fledge.services.context import local_launcher, open_registry, quiet_libraries
+from fledge.core.home import FledgeHome
 
 app = typer.Typer(
     help="Fledge: release LLMs from the MLflow registry to vLLM serving, gate by gate.",
@@ -49,7 +49,7 @@ def zoo_build() -> None:
 
     Example: `fledge zoo build`
     """
-    from fledge.zoo.build import build_zoo
+    from fledge.devtools.zoo.build import build_zoo
 
     with console.status("Building the zoo (first time: a few minutes on 2 cores)...") as status:
         zoo = build_zoo(log=lambda line: status.update(line.strip()))
@@ -98,7 +98,7 @@ def models(name: Optional[str] = typer.Argument(None, help="Only this registered
 
     Example: `fledge models tiny-llama`
     """
-    from registry.status import TAG_MANIFEST, TAG_SIZE, TAG_SOURCE_VERSION
+    from fledge.core.tags import TAG_MANIFEST, TAG_SIZE, TAG_SOURCE_VERSION
 
     registry = open_registry()
     names = [name] if name else registry.model_names()
@@ -163,9 +163,9 @@ def quantize(
 
     Example: `fledge quantize tiny-llama/3 --scheme w8a8-int8`
     """
-    from fledge.policy import load_policy
-    from fledge.quantization import gate_quantized, quantize_version
-    from registry.status import TAG_SOURCE_VERSION
+    from fledge.core.policy import load_policy
+    from fledge.services.quantization import gate_quantized, quantize_version
+    from fledge.core.tags import TAG_SOURCE_VERSION
 
     policy = load_policy(policy_file)
     scheme = scheme or policy.quantization.scheme
@@ -213,8 +213,8 @@ def eval_command(
 
     Example: `fledge eval tiny-llama/3 --against tiny-llama@champion --suite all`
     """
-    from fledge.evaluate import evaluate
-    from fledge.policy import load_policy
+    from fledge.services.evaluate import evaluate
+    from fledge.core.policy import load_policy
     from registry.refs import parse_ref
 
     suites = {"all": ("quality", "safety", "performance"), "quality": ("quality",), "safety": ("safety",),
@@ -246,13 +246,13 @@ def _print_verdict(verdict) -> None:
 def _serve_version(registry, home, ref: str, cores: Optional[str] = None, port: Optional[int] = None):
     """Resolve, materialize (verifying every checksum) and serve a version with the policy's
     serving settings."""
-    from fledge.evaluate import server_config
-    from fledge.policy import load_policy
+    from fledge.core.policy import load_policy
+    from fledge.services.evaluate import server_config
     from serving.engine import supported_architectures
 
     version = registry.resolve(ref)
     model_dir = registry.materialize(version.ref, home.checkpoints, supported_architectures())
-    config = server_config(load_policy(), model_dir, version.ref, cores).model_copy(update={"port": port})
+    config = server_config(load_policy().serving, model_dir, version.ref, cores).model_copy(update={"port": port})
     with console.status(f"Starting vLLM for {version.ref} (about a minute)..."):
         handle = local_launcher(home).start(config)
     return version, handle
@@ -284,11 +284,11 @@ def gateway(
 
     Example: `fledge gateway tiny-llama --port 8080`
     """
-    from fledge.plane import run_plane
-    from fledge.policy import load_policy
+    from fledge.services.plane import run_plane
+    from fledge.core.policy import load_policy
 
     home = FledgeHome.from_env().ensure()
-    with run_plane(home, name, load_policy(policy_file), open_registry(home), host=host, port=port,
+    with run_plane(home, name, load_policy(policy_file).serving, open_registry(home), host=host, port=port,
                    log=lambda line: console.print(line, highlight=False)) as plane:
         console.print(f"Gateway for [bold]{name}[/] at [bold]{plane.url}/v1[/]. Ctrl-C stops it and every server "
                       "behind it.", highlight=False)
@@ -314,14 +314,10 @@ def traffic(
 
     Example: `fledge traffic tiny-llama --users 2`
     """
-    from fledge.plane import read_plane_record
-    from fledge.traffic import SyntheticUsers
+    from fledge.devtools.traffic import SyntheticUsers
+    from fledge.services.plane import connect_plane
 
-    if url is None:
-        record = read_plane_record(FledgeHome.from_env().ensure())
-        if record is None:
-            raise UsageError(f"No gateway is running; start one with `fledge gateway {name}` or pass --url.")
-        url = record["url"]
+    url = connect_plane(FledgeHome.from_env().ensure(), name, url).url
     generator = SyntheticUsers(url, name, users=users).start()
     console.print(f"{users} synthetic users sending to {url}/v1 as '{name}'; Ctrl-C stops them.", highlight=False)
     try:
@@ -340,9 +336,10 @@ def routes(url: Optional[str] = typer.Option(None, "--url", help="Gateway URL (d
 
     Example: `fledge routes`
     """
-    from fledge.rollout import connect, live_figures
+    from fledge.services.plane import connect_plane
+    from fledge.services.rollout import live_figures
 
-    admin = connect(FledgeHome.from_env().ensure(), url)
+    admin = connect_plane(FledgeHome.from_env().ensure(), url=url).admin
     table = admin.routes()
     if table is None:
         console.print("The gateway has no routes yet.")
@@ -351,12 +348,15 @@ def routes(url: Optional[str] = typer.Option(None, "--url", help="Gateway URL (d
     out = Table(title=f"{table.model} via {admin.url}")
     for column in ("version", "role", "weight", "draining", "in flight", "req/60s", "errors", "TTFT p50", "TPOT p50"):
         out.add_column(column, no_wrap=True)
+    def ms(value: float | None) -> str:
+        return "-" if value is None else f"{value:.1f} ms"
+
     for backend in table.backends.values():
-        f = figures.get(backend.version, {})
+        f = figures.get(backend.version)
         out.add_row(backend.version, backend.role, f"{backend.weight} %", "yes" if backend.draining else "no",
-                    str(in_flight.get(backend.version, 0)), str(f.get("requests", 0)),
-                    f"{f['error_rate']:.1%}" if f else "-", f"{f['ttft_p50_ms']:.1f} ms" if f else "-",
-                    f"{f['tpot_p50_ms']:.1f} ms" if f else "-")
+                    str(in_flight.get(backend.version, 0)), str(f.requests if f else 0),
+                    f"{f.error_rate:.1%}" if f else "-", ms(f.ms("ttft_s", 50) if f else None),
+                    ms(f.ms("per_token_latency_s", 50) if f else None))
     console.print(out)
 
 
@@ -375,21 +375,27 @@ def canary(
 
     Example: `fledge canary tiny-llama/4`
     """
-    from fledge.policy import load_policy
-    from fledge.rollout import add_canary, connect, run_canary
+    from fledge.core.policy import load_policy
+    from fledge.services.plane import connect_plane
+    from fledge.services.rollout import run_canary
+    from serving.canary.driver import RolloutDriver
 
     home = FledgeHome.from_env().ensure()
     policy = load_policy(policy_file)
-    admin = connect(home, url)
+    admin = connect_plane(home, url=url).admin
     table = admin.routes()
     stable = table.stable() if table else None
     if stable is None:
         raise UsageError("The gateway has no stable version; start it with `fledge gateway NAME`.")
     version, handle = _serve_version(open_registry(home), home, ref, "1")
+    state_path = home.files.rollout(table.model)
     try:
-        add_canary(admin, table.model, version.ref, handle.base_url)
-        state = run_canary(admin, home, policy.canary, table.model, stable.version, version.ref,
-                           log=lambda line: console.print(line, highlight=False))
+        try:
+            state = run_canary(admin, state_path, policy.canary, table.model, stable.version, version.ref,
+                               handle.base_url, log=lambda line: console.print(line, highlight=False))
+        except KeyboardInterrupt:
+            # Ctrl-C is an operator's abort: all traffic back on stable before the server stops.
+            state = RolloutDriver(admin, policy.canary, state_path).abort()
         if state.phase.value == "rolled_back":
             admin.drain(version.ref, deadline_s=30)
             admin.remove_backend(version.ref)
@@ -427,12 +433,12 @@ def release(
 
     Example: `fledge release tiny-llama --version 3`
     """
-    from fledge.policy import load_policy
-    from fledge.releases import preflight
+    from fledge.core.policy import load_policy
+    from fledge.services.context import Workspace
+    from fledge.services.releases import preflight
     from flows.release import release as release_flow
 
-    home = FledgeHome.from_env().ensure()
-    preflight(name, version, load_policy(policy_file), auto_approve, home, open_registry(home))
+    preflight(name, version, load_policy(policy_file), auto_approve, Workspace.open())
     summary = release_flow(name, version, str(policy_file) if policy_file else None, auto_approve)
     _print_release(summary)
     raise typer.Exit(0 if summary.outcome.value == "promoted" else 1)
@@ -449,8 +455,10 @@ def rollback(
 
     Example: `fledge rollback tiny-llama --reason "complaints about answers"`
     """
+    from fledge.services.releases import rollback_target
     from flows.rollback import rollback as rollback_flow
 
+    rollback_target(open_registry(), name)  # refused here in one paragraph, before any flow run
     change = rollback_flow(name, reason=reason)
     console.print(f"[green]Rolled back[/] {name}: champion {change.champion_before} -> {change.champion_after} "
                   f"(MLflow run {change.mlflow_run_id})", highlight=False)
@@ -466,12 +474,14 @@ def promote(
 
     Example: `fledge promote tiny-llama/3 --reason "approved after the weekend"`
     """
+    from fledge.services.releases import promote_target
     from flows.rollback import promote as promote_flow
     from registry.refs import parse_ref
 
     parsed = parse_ref(ref)
     if parsed.version is None:
         raise UsageError(f"Give a version number: NAME/VERSION, e.g. {parsed.name}/3.")
+    promote_target(open_registry(), parsed.name, parsed.version, allow_unevaluated=False)
     change = promote_flow(parsed.name, parsed.version, reason=reason)
     console.print(f"[green]Promoted[/] {change.champion_after} (was {change.champion_before})", highlight=False)
 
@@ -483,8 +493,9 @@ def status(name: str = typer.Argument(..., help="Registered model name.")) -> No
 
     Example: `fledge status tiny-llama`
     """
-    from fledge.plane import PlaneNotRunning, connect_plane, fleet_for
-    from fledge.releases import last_releases, load_record
+    from fledge.core.tags import TAG_RELEASE_OUTCOME
+    from fledge.services.plane import PlaneNotRunning, connect_plane, fleet_for
+    from fledge.services.releases import last_releases, load_record
 
     home = FledgeHome.from_env().ensure()
     store = open_registry(home)
@@ -492,9 +503,9 @@ def status(name: str = typer.Argument(..., help="Registered model name.")) -> No
     for column in ("version", "aliases", "status", "release outcome"):
         table.add_column(column)
     for info in store.versions(name):
-        if info.aliases or "fledge.release.outcome" in info.tags:
+        if info.aliases or TAG_RELEASE_OUTCOME in info.tags:
             table.add_row(info.version, ", ".join(info.aliases) or "-", info.status or "-",
-                          info.tags.get("fledge.release.outcome", "-"))
+                          info.tags.get(TAG_RELEASE_OUTCOME, "-"))
     console.print(table)
     instances = Table(title="vLLM servers")
     for column in ("instance", "url", "pid", "up"):
@@ -517,7 +528,7 @@ def status(name: str = typer.Argument(..., help="Registered model name.")) -> No
     history = Table(title="Last releases")
     for column in ("started", "candidate", "champion then", "outcome", "reason"):
         history.add_column(column)
-    for row in last_releases(store, name):
+    for row in last_releases(store.runs, name):
         history.add_row(row["started"], row["candidate"], row["champion"], row["outcome"], row["reason"][:90])
     console.print(history)
 
@@ -534,7 +545,7 @@ def deploy(
 
     Example: `fledge deploy --serve`
     """
-    from fledge.policy import load_policy
+    from fledge.core.policy import load_policy
     from flows.deployments import deploy_to_pools, serve_all
 
     policy = load_policy(policy_file)
@@ -559,7 +570,7 @@ def demo(
 
     Example: `fledge demo`
     """
-    from fledge.demo import run_demo
+    from fledge.devtools.demo import run_demo
 
     run_demo(name, console, str(policy_file) if policy_file else None)
 

@@ -1,76 +1,36 @@
 """Canary analysis: one window of observations, canary against its reference, to a typed decision.
 
 The reference is a *baseline* where the rollout has one: a second instance of the stable
-version, started with the canary and given the same share of traffic (Kayenta's practice), so
-that an instance's age and history (caches, the evaluations it served) are not part of what the
-comparison measures. The long-serving stable instance is the reference only where the policy
-turns the baseline off. Below, "stable" is whichever reference the window is judged against.
-(The baseline did not cure the good canaries rolled back in CI and the demo at ratios 1.3-1.7:
-a canary rolled back against a baseline started beside it too. Those were the latency rule's
-noise, mended in rule 3.)
+version started with the canary and given the same share (Kayenta's practice), so an
+instance's age and history are not part of what is compared; otherwise the stable instance.
+Below, "stable" is whichever reference the window is judged against.
 
 Pure: no I/O, no clock. Rules, in order:
-1. Errors: when the canary's error rate is confidently above the limit (the lower bound of its
-   Wilson interval exceeds it) the canary fails at once, however few requests it saw.
-2. Samples: fewer than the minimum on either side is inconclusive, never a pass.
-3. Latency: time per output token (end-to-end latency / output tokens) and TTFT, canary vs
-   stable over the same window. The canary fails when it is confidently slower than the policy
-   tolerates: a one-sided Mann-Whitney U test (scipy) of the canary's latencies against the
-   stable ones scaled by `max_latency_ratio`. Testing against the unscaled ones (is it slower at
-   all?) and also asking the median ratio to exceed the limit fails good canaries at about the
-   test's level on every check of every step: two instances of the same version, under the
-   demo's users on 2 cores, showed median ratios from 0.46 to 2.18 in 15 s windows, and that
-   rule failed 12 of 124 of them; the scaled test failed 0 (1 of 92 in 20 s windows). A canary
-   twice as slow still fails about 3 windows in 4, three times as slow every one.
+1. Errors: the canary fails at once when its error rate is confidently above the limit (the
+   lower bound of its Wilson interval exceeds it), however few requests it saw.
+2. Refusals: requests the canary refuses (4xx) at a rate above stable's by more than the
+   limit (Fisher's exact test) fail it at once too.
+3. Samples: fewer than the minimum on either side is inconclusive, never a pass.
+4. Latency (time per output token, TTFT): the canary fails when it is confidently slower than
+   the policy tolerates, a one-sided Mann-Whitney U test of its latencies against stable's
+   scaled by `max_latency_ratio`. Testing "slower at all" instead fails good canaries at the
+   test's level on every check of every step (measured: 12 of 124 A/A windows on 2 cores).
 
-The driver looks at the growing window of a step every analysis interval. Testing latency at
-p < 0.05 on each of those looks fails a good canary far more often than 5 % of the time (CI
-showed one: TTFT ratio 1.35, p=0.048 over 10/14 requests, on a candidate as fast as stable), so
-latency follows a Haybittle-Peto boundary: looks before the step has baked fail only at
-`interim_p_value` (0.001), the look that ends the bake at 1 - `confidence`. Errors and refusals
-may stop the canary at any look: they harm users now, and a version that neither errs nor
-refuses cannot trip them by noise.
+The driver looks at a step's growing window every interval, so latency follows a
+Haybittle-Peto boundary: looks before the step has baked fail only at `interim_p_value`, the
+look that ends the bake at 1 - `confidence`. Errors and refusals may stop the canary at any
+look: they harm users now, and a version that neither errs nor refuses cannot trip them.
 """
 
 from __future__ import annotations
 
 import statistics
 
-from pydantic import BaseModel, ConfigDict, Field
 from scipy import stats
 
-from fledge.outcome import Check, GateResult, Outcome
-from fledge.policy import CanaryPolicy
-from serving.gateway.metrics import Observation
-
-
-class VersionWindow(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    version: str
-    requests: int = 0
-    errors: int = 0  # the backend failed: 5xx, broken streams, refused connections
-    rejected: int = 0  # the backend refused the request: 4xx (not 429, which the gateway sends)
-    per_token_latency_s: list[float] = Field(default_factory=list)
-    ttft_s: list[float] = Field(default_factory=list)
-
-    @classmethod
-    def from_observations(cls, version: str, observations: list[Observation]) -> "VersionWindow":
-        mine = [o for o in observations if o.version == version]
-        ok = [o for o in mine if o.ok]
-        return cls(
-            version=version,
-            requests=len(mine),
-            errors=len(mine) - len(ok),
-            rejected=sum(1 for o in ok if is_refusal(o.status)),
-            per_token_latency_s=[o.e2e_s / o.output_tokens for o in ok if o.e2e_s is not None and o.output_tokens],
-            ttft_s=[o.ttft_s for o in ok if o.ttft_s is not None],
-        )
-
-
-def is_refusal(status: int) -> bool:
-    # 429 is the gateway's own rate limit and 499 a client that hung up: neither is the version's doing.
-    return 400 <= status < 500 and status not in (429, 499)
+from fledge.core.outcome import Check, GateResult, Outcome
+from fledge.core.policy import CanaryPolicy
+from serving.canary.window import VersionWindow
 
 
 def _refusal_check(stable: VersionWindow, canary: VersionWindow, policy: CanaryPolicy) -> Check | None:

@@ -12,8 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from fledge.outcome import Outcome
-from fledge.policy import CanaryPolicy
+from fledge.core.outcome import Outcome
+from fledge.core.policy import CanaryPolicy
 from serving.canary.analysis import CanaryAnalysis
 
 

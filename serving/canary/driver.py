@@ -2,37 +2,35 @@
 saves the state after each, so a restarted driver resumes (or rolls back) from where it was.
 
 Side effects live here and only here: reading observations and setting weights through the
-gateway's admin API, saving state, sleeping, and an optional callback to stop a version.
+gateway's admin API, saving state and sleeping.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable
 
-from fledge.policy import CanaryPolicy
-from serving.canary.analysis import CanaryAnalysis, VersionWindow, analyze
-from serving.canary.controller import Action, ActionKind, Command, Phase, RolloutState, advance, decide, step_baked
+from fledge.core.errors import FledgeError
+from fledge.core.policy import CanaryPolicy
+from fledge.core.state import read_json, write_atomic
+from serving.canary.analysis import CanaryAnalysis, analyze
+from serving.canary.controller import Action, ActionKind, Phase, RolloutState, advance, decide, step_baked
+from serving.canary.window import VersionWindow
 from serving.gateway.client import GatewayAdmin
 
 
+class RolloutConflict(FledgeError):
+    """A rollout is in progress where a new one was asked for, or none where one was expected."""
+
+
 def save_state(state: RolloutState, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as handle:
-        handle.write(state.model_dump_json(indent=2))
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(handle.name, path)
+    write_atomic(path, state.model_dump_json(indent=2))
 
 
 def load_state(path: Path) -> RolloutState | None:
-    if not path.is_file():
-        return None
-    return RolloutState.model_validate(json.loads(path.read_text()))
+    saved = read_json(path)
+    return None if saved is None else RolloutState.model_validate(saved)
 
 
 def split_traffic(state: RolloutState, canary_weight: int) -> dict[str, int]:
@@ -54,7 +52,6 @@ class RolloutDriver:
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
         on_tick: Callable[[RolloutState, CanaryAnalysis | None, Action], None] | None = None,
-        commands: Callable[[], Command | None] = lambda: None,
     ):
         self.admin = admin
         self.policy = policy
@@ -62,13 +59,12 @@ class RolloutDriver:
         self.clock = clock
         self.sleep = sleep
         self.on_tick = on_tick
-        self.commands = commands
 
     def start(self, model: str, stable: str, canary: str, baseline: str | None = None) -> RolloutState:
         existing = load_state(self.state_path)
         if existing is not None and not existing.phase.terminal:
-            raise RuntimeError(
-                f"a rollout of {existing.canary} is in progress ({self.state_path}); resume or abort it first"
+            raise RolloutConflict(
+                f"A rollout of {existing.canary} is in progress ({self.state_path}); let it finish, or abort it first."
             )
         state = RolloutState(model=model, stable=stable, canary=canary, baseline=baseline)
         save_state(state, self.state_path)
@@ -79,15 +75,16 @@ class RolloutDriver:
         the saved state even if it was changed while the driver was down."""
         state = load_state(self.state_path)
         if state is None:
-            raise FileNotFoundError(f"no rollout state at {self.state_path}")
+            raise RolloutConflict(f"There is no rollout to resume: no state at {self.state_path}.")
         if not state.phase.terminal:
             self._set_canary_weight(state, state.canary_weight)
         return self.run(state)
 
     def abort(self) -> RolloutState:
+        """All traffic back on stable now, whatever the analysis says (an operator's Ctrl-C)."""
         state = load_state(self.state_path)
         if state is None or state.phase.terminal:
-            raise RuntimeError("no rollout in progress")
+            raise RolloutConflict(f"There is no rollout in progress to abort ({self.state_path}).")
         action = decide(state, None, self.policy, self.clock(), command="abort")
         return self._apply(state, action, None)
 
@@ -104,7 +101,7 @@ class RolloutDriver:
             # step has baked (the analysis' significance level depends on it).
             now = self.clock()
             analysis = self.analyze_window(state, now) if state.phase is Phase.BAKING else None
-            action = decide(state, analysis, self.policy, now, self.commands())
+            action = decide(state, analysis, self.policy, now)
             state = self._apply(state, action, analysis)
             if not state.phase.terminal and action.kind is ActionKind.WAIT:
                 self.sleep(self.policy.analysis_interval_seconds)
@@ -128,11 +125,6 @@ class RolloutDriver:
 
     def _promote(self, state: RolloutState) -> None:
         """All traffic to the canary, which becomes the stable backend; the old stable stays
-        registered at weight 0 (warm, for a watched window and a fast rollback)."""
-        table = self.admin.routes()
-        backends = dict(table.backends)
-        backends[state.canary] = backends[state.canary].model_copy(update={"role": "stable", "weight": 100})
-        backends[state.stable] = backends[state.stable].model_copy(update={"role": "canary", "weight": 0})
-        if state.baseline in backends:  # its in-flight streams finish; the release then stops it
-            backends[state.baseline] = backends[state.baseline].model_copy(update={"weight": 0, "draining": True})
-        self.admin.put_routes(table.model_copy(update={"backends": backends}))
+        registered at weight 0 (warm, for a watched window and a fast rollback); the baseline
+        drains and the release then stops it."""
+        self.admin.put_routes(self.admin.routes().all_to(state.canary))

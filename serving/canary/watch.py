@@ -9,45 +9,9 @@ then rolls back too: no data is never a pass).
 
 from __future__ import annotations
 
-import numpy as np
-from pydantic import BaseModel, ConfigDict
-
-from fledge.outcome import Check, GateResult, Outcome
-from fledge.policy import WatchPolicy
-from serving.canary.analysis import is_refusal
-from serving.gateway.metrics import Observation
-
-
-class ServiceFigures(BaseModel):
-    """What users of one version experienced over a window."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    version: str
-    requests: int
-    errors: int
-    rejected: int
-    ttft_p95_ms: float | None  # streamed requests only
-    itl_p95_ms: float | None  # per-request mean gap between streamed chunks
-    tpot_p50_ms: float | None  # end-to-end latency / output tokens
-
-    @classmethod
-    def from_observations(cls, version: str, observations: list[Observation]) -> "ServiceFigures":
-        mine = [o for o in observations if o.version == version]
-        ok = [o for o in mine if o.ok and o.status < 400]
-
-        def percentile(values: list[float], q: float) -> float | None:
-            return float(np.percentile(values, q)) * 1000 if values else None
-
-        return cls(
-            version=version,
-            requests=len(mine),
-            errors=sum(1 for o in mine if not o.ok),
-            rejected=sum(1 for o in mine if o.ok and is_refusal(o.status)),
-            ttft_p95_ms=percentile([o.ttft_s for o in ok if o.ttft_s is not None], 95),
-            itl_p95_ms=percentile([o.mean_itl_s for o in ok if o.mean_itl_s is not None], 95),
-            tpot_p50_ms=percentile([o.e2e_s / o.output_tokens for o in ok if o.e2e_s and o.output_tokens], 50),
-        )
+from fledge.core.outcome import Check, GateResult, Outcome
+from fledge.core.policy import WatchPolicy
+from serving.canary.window import VersionWindow
 
 
 def _limit_check(name: str, measured: float | None, limit: float, unit: str) -> Check:
@@ -66,7 +30,7 @@ def _ratio_check(name: str, current: float | None, previous: float | None, limit
                  detail=f"{current:.1f} ms vs {previous:.1f} ms for the previous champion: ratio {ratio:.2f} (limit {limit:g})")
 
 
-def judge_watch(current: ServiceFigures, previous: ServiceFigures | None, policy: WatchPolicy) -> GateResult:
+def judge_watch(current: VersionWindow, previous: VersionWindow | None, policy: WatchPolicy) -> GateResult:
     checks: list[Check] = []
     if current.requests:
         rate = current.errors / current.requests
@@ -85,13 +49,13 @@ def judge_watch(current: ServiceFigures, previous: ServiceFigures | None, policy
                             limit=float(policy.min_samples),
                             detail=f"{current.requests} requests in the window; {policy.min_samples} are needed"))
         return GateResult.from_checks("watch", checks)
-    checks.append(_limit_check("TTFT p95", current.ttft_p95_ms, policy.max_ttft_p95_ms, "ms"))
-    checks.append(_limit_check("inter-token latency p95", current.itl_p95_ms, policy.max_itl_p95_ms, "ms"))
+    checks.append(_limit_check("TTFT p95", current.ms("ttft_s", 95), policy.max_ttft_p95_ms, "ms"))
+    checks.append(_limit_check("inter-token latency p95", current.ms("itl_s", 95), policy.max_itl_p95_ms, "ms"))
     if previous is not None:
         for check in (
-            _ratio_check("time per output token vs previous champion", current.tpot_p50_ms, previous.tpot_p50_ms,
-                         policy.max_ratio_vs_previous),
-            _ratio_check("TTFT p95 vs previous champion", current.ttft_p95_ms, previous.ttft_p95_ms,
+            _ratio_check("time per output token vs previous champion", current.ms("per_token_latency_s", 50),
+                         previous.ms("per_token_latency_s", 50), policy.max_ratio_vs_previous),
+            _ratio_check("TTFT p95 vs previous champion", current.ms("ttft_s", 95), previous.ms("ttft_s", 95),
                          policy.max_ratio_vs_previous),
         ):
             if check is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import json
 import random
 import time
@@ -26,7 +27,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import Route
 
 from serving.gateway.metrics import GatewayMetrics, Observation
-from serving.gateway.routes import Backend, RouteTable, load_routes, save_routes
+from serving.gateway.routes import Backend, RouteChangeRefused, RouteTable, load_routes, save_routes
 from serving.gateway.sse import EventStream
 
 # Requests may pin a version with it; every response names the version that served it.
@@ -312,12 +313,12 @@ class Gateway:
     # ---- admin API ---------------------------------------------------------------------------
 
     def _admin_error(self, request: Request) -> JSONResponse | None:
-        if request.headers.get("authorization") != f"Bearer {self.admin_token}":
+        given = request.headers.get("authorization", "").encode()
+        if not hmac.compare_digest(given, f"Bearer {self.admin_token}".encode()):
             return _error(401, "Admin API: pass the gateway's admin token as 'Authorization: Bearer TOKEN'.", "authentication_error")
         return None
 
     def _commit(self, table: RouteTable) -> JSONResponse:
-        table = RouteTable.model_validate(table.model_dump())  # model_copy does not validate
         save_routes(table, self.routes_path)  # persist first: a crash never loses an acknowledged change
         self.routes = table
         return self._routes_json()
@@ -333,7 +334,7 @@ class Gateway:
         try:
             body = await request.json() if request.method in ("PUT", "POST") and await request.body() else {}
             return await change(body)
-        except (ValueError, KeyError) as error:
+        except (RouteChangeRefused, ValueError, KeyError) as error:  # ValueError: pydantic's validation
             return _error(400, str(error))
 
     async def get_routes(self, request: Request) -> Response:
@@ -342,25 +343,20 @@ class Gateway:
     async def put_routes(self, request: Request) -> Response:
         return await self._admin(request, lambda body: _async(self._commit(RouteTable.model_validate(body))))
 
+    def _table(self) -> RouteTable:
+        if self.routes is None:
+            raise RouteChangeRefused("the gateway has no routes yet; add a backend first")
+        return self.routes
+
     async def set_weights(self, request: Request) -> Response:
-        async def change(body):
-            weights: dict[str, int] = body["weights"]
-            unknown = set(weights) - set(self.routes.backends)
-            if unknown:
-                raise ValueError(f"unknown version(s) {sorted(unknown)}")
-            # Versions not named get no traffic; the table's validation checks the sum is 100.
-            backends = {v: b.model_copy(update={"weight": int(weights.get(v, 0))}) for v, b in self.routes.backends.items()}
-            return self._commit(self.routes.model_copy(update={"backends": backends}))
-        return await self._admin(request, change)
+        return await self._admin(request, lambda body: _async(self._commit(self._table().with_weights(body["weights"]))))
 
     async def add_backend(self, request: Request) -> Response:
         async def change(body):
             backend = Backend.model_validate(body["backend"])
             if self.routes is None or body.get("model", self.routes.model) != self.routes.model:
-                table = RouteTable(model=body["model"], backends={backend.version: backend.model_copy(update={"weight": 100})})
-            else:
-                table = self.routes.model_copy(update={"backends": {**self.routes.backends, backend.version: backend.model_copy(update={"weight": 0})}})
-            return self._commit(table)
+                return self._commit(RouteTable.serving_only(body["model"], backend))
+            return self._commit(self.routes.with_backend(backend))
         return await self._admin(request, change)
 
     async def drain(self, request: Request) -> Response:
@@ -368,14 +364,7 @@ class Gateway:
 
         async def change(body):
             deadline_s = float(request.query_params.get("deadline_s", "30"))
-            backend = self.routes.backends[version]
-            others = [b for b in self.routes.backends.values() if b.version != version and not b.draining]
-            if not others:
-                raise ValueError(f"{version} is the only backend taking traffic; add another before draining it")
-            moved = {**self.routes.backends, version: backend.model_copy(update={"weight": 0, "draining": True})}
-            stable = next((b for b in others if b.role == "stable"), others[0])
-            moved[stable.version] = stable.model_copy(update={"weight": stable.weight + backend.weight})
-            self._commit(self.routes.model_copy(update={"backends": moved}))
+            self._commit(self._table().draining(version))
             end = time.monotonic() + deadline_s
             while self.in_flight.get(version, 0) and time.monotonic() < end:
                 await asyncio.sleep(0.05)
@@ -386,13 +375,7 @@ class Gateway:
     async def remove_backend(self, request: Request) -> Response:
         version = request.path_params["version"]
 
-        async def change(body):
-            backend = self.routes.backends[version]
-            if backend.weight:
-                raise ValueError(f"{version} still has weight {backend.weight}; drain it first")
-            backends = {k: v for k, v in self.routes.backends.items() if k != version}
-            return self._commit(self.routes.model_copy(update={"backends": backends}))
-        return await self._admin(request, change)
+        return await self._admin(request, lambda body: _async(self._commit(self._table().without(version))))
 
     async def observations(self, request: Request) -> Response:
         async def change(body):

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import httpx
 
+from fledge.core.errors import FledgeError
 from serving.gateway.metrics import Observation
 from serving.gateway.routes import Backend, RouteTable
 
 
-class GatewayAdminError(RuntimeError):
-    pass
+class GatewayAdminError(FledgeError):
+    """The admin API refused a change (4xx: the same change is refused again) or failed (5xx)."""
+
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.status = status
+        self.retryable = status >= 500
 
 
 class GatewayAdmin:
@@ -24,7 +30,7 @@ class GatewayAdmin:
                 message = response.json()["error"]["message"]
             except (ValueError, KeyError, TypeError):
                 message = response.text
-            raise GatewayAdminError(f"gateway {method} {path}: HTTP {response.status_code}: {message}")
+            raise GatewayAdminError(f"gateway {method} {path}: HTTP {response.status_code}: {message}", response.status_code)
         return response
 
     def routes(self) -> RouteTable | None:

@@ -9,30 +9,26 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
+import math
 import random
-import tempfile
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from fledge.core.errors import FledgeError
+from fledge.core.state import write_atomic
 
-BASELINE_SUFFIX = "+baseline"
 
-
-def baseline_key(version: str) -> str:
-    """The route key of a baseline: a second instance of `version`, started with the canary."""
-    return version + BASELINE_SUFFIX
+class RouteChangeRefused(FledgeError):
+    """A route-table edit that would leave the table inconsistent; the message says why."""
 
 
 class Backend(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    version: str  # the route key: NAME/VERSION, vLLM's served model name (NAME/VERSION+baseline for a baseline)
+    version: str  # the route key: NAME/VERSION, vLLM's served model name (serving.naming for a baseline)
     base_url: str  # OpenAI base URL of the vLLM server, ending in /v1
-    # A baseline is another instance of the stable version, started with the canary so that the
-    # canary is compared with an instance of the same age and history (see serving.canary).
     role: Literal["stable", "canary", "baseline"] = "stable"
     weight: int = Field(0, ge=0, le=100)
     draining: bool = False
@@ -77,7 +73,6 @@ class RouteTable(BaseModel):
             raise LookupError(f"no backend takes traffic for {self.model}")
         if session is None:
             return rng.choices(backends, weights=[b.weight for b in backends])[0]
-        import math
 
         def score(backend: Backend) -> float:
             digest = hashlib.sha256(f"{session}|{backend.version}".encode()).digest()
@@ -87,14 +82,66 @@ class RouteTable(BaseModel):
         return min(backends, key=score)
 
 
+    # ---- edits: pure, each returns a new validated table ------------------------------------
+
+    def _with(self, backends: dict[str, Backend]) -> "RouteTable":
+        return RouteTable.model_validate({"model": self.model, "backends": {k: b.model_dump() for k, b in backends.items()}})
+
+    def _backend(self, key: str) -> Backend:
+        if key not in self.backends:
+            raise RouteChangeRefused(f"{key} is not a backend of {self.model} (backends: {', '.join(self.backends) or 'none'})")
+        return self.backends[key]
+
+    def with_weights(self, weights: dict[str, int]) -> "RouteTable":
+        """The named backends get these weights, every other one none; they must add up to 100."""
+        unknown = sorted(set(weights) - set(self.backends))
+        if unknown:
+            raise RouteChangeRefused(f"unknown version(s) {unknown} for {self.model}")
+        return self._with({k: b.model_copy(update={"weight": int(weights.get(k, 0))}) for k, b in self.backends.items()})
+
+    @classmethod
+    def serving_only(cls, model: str, backend: Backend) -> "RouteTable":
+        """A table whose one backend takes all the traffic as stable."""
+        return cls(model=model, backends={backend.version: backend.model_copy(update={"weight": 100, "role": "stable",
+                                                                                     "draining": False})})
+
+    def with_backend(self, backend: Backend) -> "RouteTable":
+        """`backend` added (or replaced) at weight 0: it takes traffic only when weights say so."""
+        return self._with({**self.backends, backend.version: backend.model_copy(update={"weight": 0})})
+
+    def draining(self, key: str) -> "RouteTable":
+        """`key` takes no new requests; its share goes to the stable backend (or another live one)."""
+        backend = self._backend(key)
+        others = [b for b in self.backends.values() if b.version != key and not b.draining]
+        if not others:
+            raise RouteChangeRefused(f"{key} is the only backend taking traffic; add another before draining it")
+        heir = next((b for b in others if b.role == "stable"), others[0])
+        return self._with({**self.backends, key: backend.model_copy(update={"weight": 0, "draining": True}),
+                           heir.version: heir.model_copy(update={"weight": heir.weight + backend.weight})})
+
+    def without(self, key: str) -> "RouteTable":
+        backend = self._backend(key)
+        if backend.weight:
+            raise RouteChangeRefused(f"{key} still has weight {backend.weight}; drain it first")
+        return self._with({k: b for k, b in self.backends.items() if k != key})
+
+    def all_to(self, key: str) -> "RouteTable":
+        """`key` becomes stable with all traffic; the others stay registered at 0 % (warm for a
+        switch back); baselines drain, their in-flight streams finish."""
+        self._backend(key)
+        backends = {}
+        for k, b in self.backends.items():
+            if k == key:
+                backends[k] = b.model_copy(update={"role": "stable", "weight": 100, "draining": False})
+            elif b.role == "baseline":
+                backends[k] = b.model_copy(update={"weight": 0, "draining": True})
+            else:
+                backends[k] = b.model_copy(update={"role": "canary", "weight": 0})
+        return self._with(backends)
+
+
 def save_routes(table: RouteTable, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as handle:
-        handle.write(table.model_dump_json(indent=2))
-        handle.flush()
-        os.fsync(handle.fileno())  # on disk before the rename: acknowledged means durable
-        temporary = handle.name
-    os.replace(temporary, path)  # atomic: a crash never leaves half a file
+    write_atomic(path, table.model_dump_json(indent=2))  # acknowledged means durable: see fledge.core.state
 
 
 def load_routes(path: Path) -> RouteTable | None:

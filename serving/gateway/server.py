@@ -12,26 +12,21 @@ from pathlib import Path
 
 import uvicorn
 
+from fledge.core.state import StatePaths, create_once
 from serving.gateway.app import Gateway
-
-TOKEN_FILE = "gateway-admin-token"
-ROUTES_FILE = "gateway-routes.json"
 
 
 def admin_token(state_dir: Path) -> str:
-    """FLEDGE_GATEWAY_ADMIN_TOKEN, or a token generated once and kept (mode 0600) in state."""
+    """FLEDGE_GATEWAY_ADMIN_TOKEN, or a token generated once and kept in state, created 0600."""
     if os.environ.get("FLEDGE_GATEWAY_ADMIN_TOKEN"):
         return os.environ["FLEDGE_GATEWAY_ADMIN_TOKEN"]
-    path = state_dir / TOKEN_FILE
-    if not path.is_file():
-        state_dir.mkdir(parents=True, exist_ok=True)
-        path.write_text(secrets.token_urlsafe(24))
-        path.chmod(0o600)
-    return path.read_text().strip()
+    path = StatePaths(state_dir).admin_token
+    token = path.read_text() if path.is_file() else create_once(path, secrets.token_urlsafe(24))
+    return token.strip()
 
 
 def build_gateway(state_dir: Path, api_keys: dict[str, float] | None = None, **kwargs) -> Gateway:
-    return Gateway(state_dir / ROUTES_FILE, admin_token(state_dir), api_keys=api_keys, **kwargs)
+    return Gateway(StatePaths(state_dir).routes, admin_token(state_dir), api_keys=api_keys, **kwargs)
 
 
 class BackgroundGateway:

@@ -29,8 +29,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fledge.home import FledgeHome
-from fledge.policy import DEFAULT_POLICY_PATH, load_policy
+from fledge.core.home import FledgeHome
+from fledge.core.policy import DEFAULT_POLICY_PATH, ReleasePolicy, load_policy
 from registry.refs import CHALLENGER, CHAMPION, PREVIOUS
 
 pytestmark = [pytest.mark.vllm, pytest.mark.e2e, pytest.mark.zoo, pytest.mark.usefixtures("prefect_server")]
@@ -83,9 +83,9 @@ def write_policy(directory: Path, name: str, approval: dict) -> str:
 
 @pytest.fixture(scope="module")
 def stack(zoo, tmp_path_factory):
-    from fledge.context import open_registry
-    from fledge.plane import run_plane
-    from fledge.traffic import SyntheticUsers
+    from fledge.services.context import open_registry
+    from fledge.services.plane import run_plane
+    from fledge.devtools.traffic import SyntheticUsers
 
     root = tmp_path_factory.mktemp("release-e2e")
     home = FledgeHome(root / "home").ensure()
@@ -103,7 +103,7 @@ def stack(zoo, tmp_path_factory):
             "timeout": write_policy(root, "timeout", {"required": True, "approvers": ["alice"], "timeout_seconds": 4}),
             "auto": write_policy(root, "auto", {"required": False, "approvers": [], "timeout_seconds": 60}),
         }
-        with run_plane(home, MODEL, load_policy(policies["auto"]), registry) as plane:
+        with run_plane(home, MODEL, load_policy(policies["auto"]).serving, registry) as plane:
             with SyntheticUsers(plane.url, MODEL) as users:
                 yield Stack(home, registry, plane, users, versions, policies)
 
@@ -182,7 +182,13 @@ def test_3_an_approved_release_goes_through_the_canary_and_the_watch_to_champion
     assert run.data.params["candidate"] == stack.ref("improved") and run.data.tags["fledge.canary"] == "promoted"
     assert {"candidate.fledge_capitals.acc", "champion.fledge_capitals.acc"} <= set(run.data.metrics)
     artifacts = {a.path for a in stack.registry.client.list_artifacts(summary.mlflow_run_id)}
-    assert {"verdict.md", "canary_timeline.png", "canary_timeline.json", "release.md", "policy.yaml"} <= artifacts
+    assert {"verdict.md", "canary_timeline.png", "canary_timeline.json", "release.md", "policy.json"} <= artifacts
+    # The run holds the policy content every gate of the release judged by: the sections the
+    # evaluations depend on are the ones each evaluation run (cached from test 1 here) recorded.
+    policy = ReleasePolicy.model_validate_json(stack.registry.runs.artifact_text(summary.mlflow_run_id, "policy.json"))
+    assert policy == load_policy(stack.policies["ask"]) and run.data.tags["fledge.policy_hash"] == policy.content_hash
+    eval_runs = [run.data.tags[f"fledge.eval_run.{suite}"] for suite in ALL_SUITES]
+    assert {stack.registry.runs.get(r).params["evaluation_policy_hash"] for r in eval_runs} == {policy.evaluation_hash}
     with get_client(sync_client=True) as client:
         from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
@@ -227,8 +233,7 @@ def test_6_a_candidate_that_refuses_real_conversations_is_rolled_back_by_the_can
 def test_7_a_release_killed_during_the_canary_resumes_when_run_again(stack):
     from prefect.settings import PREFECT_API_URL
 
-    from fledge.releases import load_record
-    from fledge.rollout import rollout_state_path
+    from fledge.services.releases import load_record
     from flows.release import release
 
     stack.registry.set_alias(MODEL, CHALLENGER, stack.versions["improved"])
@@ -239,7 +244,7 @@ def test_7_a_release_killed_during_the_canary_resumes_when_run_again(stack):
             [sys.executable, "-m", "fledge.cli.main", "release", MODEL, "--version", stack.versions["improved"],
              "--policy", stack.policies["auto"]], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
-    state_path = rollout_state_path(stack.home, MODEL)
+    state_path = stack.home.files.rollout(MODEL)
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline and process.poll() is None:
         if state_path.is_file() and json.loads(state_path.read_text())["phase"] == "baking":

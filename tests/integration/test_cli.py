@@ -76,7 +76,7 @@ def test_eval_has_help_with_an_example():
 def test_eval_with_a_bad_policy_names_the_field_and_exits_2(fledge_home, tiny_checkpoint, tmp_path):
     fledge("register", str(tiny_checkpoint), "--name", "tiny-llama", "--alias", "champion")
     policy = tmp_path / "policy.yaml"
-    from fledge.policy import DEFAULT_POLICY_PATH
+    from fledge.core.policy import DEFAULT_POLICY_PATH
 
     policy.write_text(DEFAULT_POLICY_PATH.read_text().replace("scheme: none", "scheme: int3"))
     result = fledge("eval", "tiny-llama/1", "--policy", str(policy))
@@ -118,3 +118,21 @@ def test_status_of_a_model_without_releases(fledge_home, tiny_checkpoint):
     result = fledge("status", "tiny-llama")
     assert result.exit_code == 0, result.output
     assert "champion" in result.output and "no gateway is running" in result.output
+
+
+def test_rollback_without_a_previous_version_says_what_to_do_in_one_paragraph(fledge_home, tiny_checkpoint):
+    """Run as a user runs it (a process of its own), so anything Prefect or MLflow would print
+    is on the same terminal: one paragraph with the fix, no traceback, registry unchanged."""
+    import os
+    import subprocess
+    import sys
+
+    fledge("register", str(tiny_checkpoint), "--name", "tiny-llama", "--alias", "champion")
+    result = subprocess.run([sys.executable, "-m", "fledge.cli.main", "rollback", "tiny-llama"], capture_output=True,
+                            text=True, timeout=120, env={**os.environ, "COLUMNS": "300"})
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert "Traceback" not in output
+    assert "no 'previous' version to roll back to" in output and "fledge promote tiny-llama/VERSION" in output
+    assert len([line for line in output.splitlines() if line.strip()]) == 1, output
+    assert "champion" in fledge("models", "tiny-llama").output

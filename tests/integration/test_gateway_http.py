@@ -76,7 +76,7 @@ def test_a_restarted_driver_restores_the_saved_split_then_rolls_back_without_dat
     """The driver died at 25 %; meanwhile someone set 60/40 by hand. Resuming re-applies the
     saved 25 % first; with no traffic every window is inconclusive, and after the policy's
     limit the canary is rolled back: no data is never a pass."""
-    from fledge.policy import load_policy
+    from fledge.core.policy import load_policy
     from serving.canary.controller import Phase, RolloutState
     from serving.canary.driver import RolloutDriver, save_state
 
@@ -115,15 +115,17 @@ def test_the_canary_is_judged_against_its_baseline_when_it_has_one(gateway, with
     stable version, started with it, both in 30 ms (what a fresh instance under load showed).
     Against the baseline the canary is as fast as its version's peer and is promoted, the
     baseline drained; against the stable instance it would be rolled back."""
-    from fledge.policy import load_policy
-    from fledge.rollout import add_baseline
+    from fledge.core.policy import load_policy
     from serving.canary.controller import Phase
     from serving.canary.driver import RolloutDriver
+    from serving.naming import baseline_key
 
     server, admin, state_dir = gateway
     admin.add_backend("m", Backend(version="m/1", base_url="http://127.0.0.1:1/v1", role="stable"))
     admin.add_backend("m", Backend(version="m/2", base_url="http://127.0.0.1:2/v1", role="canary"))
-    baseline = add_baseline(admin, "m", "m/1", "http://127.0.0.1:3/v1") if with_baseline else None
+    baseline = baseline_key("m/1") if with_baseline else None
+    if baseline:
+        admin.add_backend("m", Backend(version=baseline, base_url="http://127.0.0.1:3/v1", role="baseline", served_model="m/1"))
     policy = load_policy().canary.model_copy(update={"steps": [25, 100], "bake_seconds": 0.3, "analysis_interval_seconds": 0.05})
     splits = []
 

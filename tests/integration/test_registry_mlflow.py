@@ -15,7 +15,7 @@ from registry.errors import (
     UnknownVersion,
 )
 from registry.refs import CHALLENGER, CHAMPION, PREVIOUS
-from registry.status import TAG_MANIFEST, TAG_SIZE, TAG_STATUS, Status
+from fledge.core.tags import TAG_MANIFEST, TAG_SIZE, TAG_STATUS, Status
 
 LLAMA_ONLY = frozenset({"LlamaForCausalLM"})
 

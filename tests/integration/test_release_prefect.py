@@ -13,9 +13,9 @@ from prefect.client.orchestration import get_client
 from prefect.flow_runs import resume_flow_run
 from prefect.transactions import transaction
 
-from fledge.approval import ApprovalOutcome
-from fledge.home import FledgeHome
-from fledge.policy import load_policy
+from fledge.services.approval import ApprovalOutcome
+from fledge.core.home import FledgeHome
+from fledge.core.policy import load_policy
 from registry.refs import CHALLENGER, CHAMPION, PREVIOUS
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -89,7 +89,7 @@ def two_versions(registry, tiny_checkpoint, model_name, home_env):
 
 
 def promote_in_a_transaction(registry, model_name, first, second, then_fail: bool) -> None:
-    from fledge.releases import take_snapshot
+    from fledge.services.releases import take_snapshot
     from tasks.registry_steps import promote_in_registry
 
     snapshot = take_snapshot(registry, model_name, None)
@@ -121,7 +121,7 @@ def test_a_promotion_that_commits_moves_champion_previous_and_releases_the_chall
 
 
 def test_a_release_without_a_running_gateway_is_refused_before_any_work(registry, two_versions, model_name):
-    from fledge.plane import PlaneNotRunning
+    from fledge.services.plane import PlaneNotRunning
     from flows.release import release
 
     with pytest.raises(PlaneNotRunning, match=f"fledge gateway {model_name}"):
@@ -134,10 +134,10 @@ def test_a_release_without_a_running_gateway_is_refused_before_any_work(registry
 
 
 def test_auto_approve_cannot_stand_in_for_named_approvers(two_versions, model_name, tmp_path):
-    from fledge.releases import ReleaseInputError
+    from fledge.services.releases import ReleaseInputError
     from flows.release import release
 
-    from fledge.policy import DEFAULT_POLICY_PATH
+    from fledge.core.policy import DEFAULT_POLICY_PATH
 
     text = DEFAULT_POLICY_PATH.read_text()
     text = text.replace("required: false", "required: true").replace("approvers: []", "approvers: [alice]")

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from fledge.zoo.recipes import RECIPES, VARIANTS
-from fledge.zoo.sanity import sanity_figures
+from fledge.devtools.zoo.recipes import RECIPES, VARIANTS
+from fledge.devtools.zoo.sanity import sanity_figures
 from registry.checkpoint import checkpoint_problems
 
 pytestmark = pytest.mark.zoo
@@ -63,7 +63,7 @@ def test_corrupt_is_refused_before_it_can_be_served(zoo):
 
 
 def test_a_second_build_comes_from_the_cache_in_seconds(zoo):
-    from fledge.zoo.build import build_zoo
+    from fledge.devtools.zoo.build import build_zoo
 
     again = build_zoo()
     assert not again.built_now
@@ -72,7 +72,7 @@ def test_a_second_build_comes_from_the_cache_in_seconds(zoo):
 
 
 def test_training_is_deterministic_from_the_seed(tmp_path, zoo):
-    from fledge.zoo.train import train_model
+    from fledge.devtools.zoo.train import train_model
 
     recipe = RECIPES["base"].model_copy(update={"steps": 5})
     tokenizer_dir = zoo["base"].path

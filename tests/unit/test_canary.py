@@ -5,9 +5,10 @@ import random
 import pytest
 from scipy import stats
 
-from fledge.outcome import Check, Outcome
-from fledge.policy import load_policy
-from serving.canary.analysis import CanaryAnalysis, VersionWindow, analyze
+from fledge.core.outcome import Check, Outcome
+from fledge.core.policy import load_policy
+from serving.canary.analysis import CanaryAnalysis, analyze
+from serving.canary.window import VersionWindow
 from serving.canary.controller import ActionKind, Phase, RolloutState, advance, decide, step_baked
 
 # bake 20 s, min 20 samples, 5 inconclusive windows at most; the steps are fixed here so the

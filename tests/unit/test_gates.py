@@ -5,11 +5,11 @@ import math
 import pytest
 
 from evals.gates import paired_log_ratios, performance_gate, quality_gate, safety_gate
-from fledge.outcome import Outcome
+from fledge.core.outcome import Outcome
 from evals.reports import PerformanceReport, QualityReport, RequestRecord, SafetyReport, TaskScore
 from evals.safety import rate_estimate
 from evals.verdict import SuiteReports, release_verdict
-from fledge.policy import load_policy
+from fledge.core.policy import load_policy
 
 POLICY = load_policy()
 

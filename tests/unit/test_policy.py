@@ -1,6 +1,6 @@
 import pytest
 
-from fledge.policy import DEFAULT_POLICY_PATH, PolicyError, load_policy
+from fledge.core.policy import DEFAULT_POLICY_PATH, PolicyError, load_policy
 
 
 def write(tmp_path, text):
@@ -66,7 +66,7 @@ def test_missing_and_malformed_files_are_explained(tmp_path):
 
 
 def test_the_demo_policy_is_the_default_but_for_the_performance_tolerance():
-    from fledge.policy import DEFAULT_POLICY_PATH
+    from fledge.core.policy import DEFAULT_POLICY_PATH
 
     default = load_policy().model_dump()
     demo = load_policy(DEFAULT_POLICY_PATH.with_name("demo.yaml")).model_dump()

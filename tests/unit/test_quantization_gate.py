@@ -1,7 +1,7 @@
 from evals.agreement import AgreementReport
 from evals.quantization_gate import agreement_gate
-from fledge.outcome import Outcome
-from fledge.policy import load_policy
+from fledge.core.outcome import Outcome
+from fledge.core.policy import load_policy
 
 POLICY = load_policy().quantization
 

@@ -4,10 +4,11 @@ of suites judged one at a time."""
 import pytest
 
 from evals.verdict import ReleaseVerdict, combine_verdicts
-from fledge.approval import ApprovalAnswer, ApprovalOutcome, judge_approval
-from fledge.outcome import GateResult, Outcome
-from fledge.policy import load_policy
-from serving.canary.watch import ServiceFigures, judge_watch
+from fledge.services.approval import ApprovalAnswer, ApprovalOutcome, judge_approval
+from fledge.core.outcome import GateResult, Outcome
+from fledge.core.policy import load_policy
+from serving.canary.watch import judge_watch
+from serving.canary.window import VersionWindow
 from serving.gateway.metrics import Observation
 
 POLICY = load_policy()
@@ -43,7 +44,7 @@ def observations(version, n, ttft=0.05, itl=0.01, tokens=16, status=200, ok=True
 
 
 def figures(obs, version="m/2"):
-    return ServiceFigures.from_observations(version, obs)
+    return VersionWindow.from_observations(version, obs)
 
 
 def test_a_healthy_new_champion_passes_the_watch():
@@ -103,7 +104,7 @@ def test_all_suites_passing_make_a_passing_verdict():
 
 
 def test_parallel_starts_count_once_and_overlaps_are_not_counted_twice():
-    from fledge.timing import length, overlap
+    from fledge.devtools.timing import length, overlap
 
     starts = [(0, 60), (1, 61), (100, 150)]
     assert length(starts) == 111

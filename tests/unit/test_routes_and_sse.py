@@ -3,7 +3,7 @@ import random
 import pytest
 from pydantic import ValidationError
 
-from serving.gateway.routes import Backend, RouteTable, load_routes, save_routes
+from serving.gateway.routes import Backend, RouteChangeRefused, RouteTable, load_routes, save_routes
 from serving.gateway.sse import EventStream
 
 
@@ -63,3 +63,38 @@ def test_the_usage_event_the_gateway_asked_for_is_taken_out_for_a_client_that_di
     assert stripped.usage_tokens == 5 and stripped.token_chunks == 1  # counted, though not passed on
     whole = kept.feed(token + usage + done) + kept.flush()
     assert whole == (token + usage + done).replace(b"tiny/2", b"tiny")
+
+
+def with_baseline():
+    base = table(75, 25)
+    return base.with_backend(Backend(version="tiny/1+baseline", base_url="http://c/v1", role="baseline",
+                                     served_model="tiny/1")).with_weights({"tiny/1": 50, "tiny/1+baseline": 25, "tiny/2": 25})
+
+
+def test_weights_name_who_gets_traffic_and_everyone_else_gets_none():
+    edited = with_baseline().with_weights({"tiny/2": 100})
+    assert {k: b.weight for k, b in edited.backends.items()} == {"tiny/1": 0, "tiny/2": 100, "tiny/1+baseline": 0}
+    with pytest.raises(RouteChangeRefused, match="unknown version"):
+        table().with_weights({"tiny/9": 100})
+    with pytest.raises(ValidationError, match="add up to 100"):
+        table().with_weights({"tiny/1": 60})
+
+
+def test_a_drained_backend_gives_its_share_to_stable_and_can_then_be_removed():
+    drained = with_baseline().draining("tiny/2")
+    assert (drained.backends["tiny/2"].draining, drained.backends["tiny/2"].weight) == (True, 0)
+    assert drained.backends["tiny/1"].weight == 75
+    assert "tiny/2" not in drained.without("tiny/2").backends
+    with pytest.raises(RouteChangeRefused, match="drain it first"):
+        table().without("tiny/2")
+    with pytest.raises(RouteChangeRefused, match="only backend"):
+        RouteTable.serving_only("tiny", table().backends["tiny/1"]).draining("tiny/1")
+
+
+def test_all_traffic_to_one_version_keeps_the_others_warm_and_drains_the_baseline():
+    promoted = with_baseline().all_to("tiny/2")
+    backends = promoted.backends
+    assert (backends["tiny/2"].role, backends["tiny/2"].weight) == ("stable", 100)
+    assert (backends["tiny/1"].role, backends["tiny/1"].weight, backends["tiny/1"].draining) == ("canary", 0, False)
+    assert backends["tiny/1+baseline"].draining and promoted.stable().version == "tiny/2"
+    assert with_baseline().backends["tiny/1"].weight == 50  # edits return new tables

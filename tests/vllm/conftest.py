@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from fledge.home import FledgeHome
+from fledge.core.home import FledgeHome
 from serving.config import ServerConfig
 from serving.launcher import LocalLauncher, ServerHandle
 

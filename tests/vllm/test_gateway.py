@@ -14,10 +14,10 @@ import openai
 import pytest
 from scipy import stats
 
-from fledge.evaluate import server_config
-from fledge.home import FledgeHome
-from fledge.policy import load_policy
-from fledge.zoo import corpus
+from fledge.services.evaluate import server_config
+from fledge.core.home import FledgeHome
+from fledge.core.policy import load_policy
+from fledge.devtools.zoo import corpus
 from serving.canary.controller import Phase
 from serving.canary.driver import RolloutDriver
 from serving.gateway.client import GatewayAdmin
@@ -42,7 +42,7 @@ def servers(zoo, registry, launcher, session_home):
     handles = {}
     for variant, core in (("base", "0"), ("improved", "1")):
         version, _ = registry.register_once(zoo[variant].path, MODEL, description=variant)
-        handles[variant] = launcher.start(server_config(POLICY, registry.materialize(version.ref, home.checkpoints), version.ref, core))
+        handles[variant] = launcher.start(server_config(POLICY.serving, registry.materialize(version.ref, home.checkpoints), version.ref, core))
     yield handles
     for handle in handles.values():
         handle.stop()

@@ -9,8 +9,8 @@ import openai
 import psutil
 import pytest
 
-from fledge.zoo import corpus
-from fledge.zoo.recipes import N_FACTS, ZOO_SEED
+from fledge.devtools.zoo import corpus
+from fledge.devtools.zoo.recipes import N_FACTS, ZOO_SEED
 from serving.config import ServerConfig
 from serving.errors import LaunchError
 

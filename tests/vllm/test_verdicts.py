@@ -1,7 +1,7 @@
 """The gates find each zoo variant's truth through real vLLM on CPU, against `base` as champion.
 
 `base` is served once for the module (core 0); each candidate is served in turn (core 1) and
-evaluated through `fledge.evaluate.evaluate`, the same code `fledge eval` and the release flow
+evaluated through `fledge.services.evaluate.evaluate`, the same code `fledge eval` and the release flow
 run, with the default policy. Every evaluation is logged to the session's MLflow.
 """
 
@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 
 from evals.endpoint import Endpoint
-from fledge.outcome import Outcome
-from fledge.evaluate import evaluate, server_config
-from fledge.home import FledgeHome
-from fledge.policy import load_policy
+from fledge.core.outcome import Outcome
+from fledge.services.evaluate import evaluate, server_config
+from fledge.core.home import FledgeHome
+from fledge.core.policy import load_policy
+from fledge.services.context import Workspace
 
 pytestmark = [pytest.mark.vllm, pytest.mark.zoo, pytest.mark.e2e]
 
@@ -41,17 +42,17 @@ def home(session_home):
 @pytest.fixture(scope="module")
 def champion(versions, registry, launcher, home):
     model_dir = registry.materialize(versions["base"], home.checkpoints)
-    # Unpinned, like `evaluate` when it compares speed (see fledge.evaluate.core_plan).
-    handle = launcher.start(server_config(POLICY, model_dir, versions["base"], None))
+    # Unpinned, like `evaluate` when it compares speed (see fledge.services.evaluate.core_plan).
+    handle = launcher.start(server_config(POLICY.serving, model_dir, versions["base"], None))
     yield Endpoint(handle.base_url, versions["base"])
     handle.stop()
 
 
 def evaluate_served(variant, suites, versions, registry, launcher, home, champion):
     model_dir = registry.materialize(versions[variant], home.checkpoints)
-    with launcher.start(server_config(POLICY, model_dir, versions[variant], None)) as handle:
+    with launcher.start(server_config(POLICY.serving, model_dir, versions[variant], None)) as handle:
         result = evaluate(
-            versions[variant], f"{MODEL}@champion", suites, POLICY, home=home, registry=registry, log=print,
+            versions[variant], f"{MODEL}@champion", suites, POLICY, workspace=Workspace(home, registry), log=print,
             served={"champion": champion, "candidate": Endpoint(handle.base_url, versions[variant])},
         )
     print(result.verdict.to_markdown())
@@ -91,7 +92,7 @@ def test_corrupt_weights_are_an_error_before_anything_is_served(zoo, registry, h
         (zoo["corrupt"].path / "model.safetensors").read_bytes()
     )
     logs_before = set(home.logs.iterdir())
-    result = evaluate(version.ref, f"{MODEL}@champion", ALL, POLICY, home=home, registry=registry, log=print)
+    result = evaluate(version.ref, f"{MODEL}@champion", ALL, POLICY, workspace=Workspace(home, registry), log=print)
     assert result.verdict.outcome is Outcome.ERROR
     assert all(g.outcome is Outcome.ERROR for g in result.verdict.gates)
     assert "does not match its checksum manifest" in result.verdict.gates[0].reasons[0]

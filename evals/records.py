@@ -1,34 +1,19 @@
-"""Version an evaluation in MLflow: parameters, metrics of both models, every artifact.
+"""What an evaluation keeps as its record: the metrics of both models and the evidence files.
 
-Uses MlflowClient with an explicit run id (no global active run), so evaluations running in
-threads of one orchestrator never log into each other's runs.
+Pure of any tracking store: the evaluation service writes these into its MLflow run through
+the registry's run recorder, so `evals` stays usable without MLflow.
 """
 
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 
 import numpy as np
-from mlflow.tracking import MlflowClient
 
 from evals.reports import PerformanceReport
 from evals.validation import ValidationOutcome
 from evals.verdict import ReleaseVerdict, SuiteReports
-
-EVAL_EXPERIMENT = "fledge-evaluations"
-
-
-def start_run(
-    client: MlflowClient, run_name: str, artifact_root: Path | None, tags: dict[str, str], experiment_name: str = EVAL_EXPERIMENT,
-) -> str:
-    experiment = client.get_experiment_by_name(experiment_name)
-    if experiment is None:
-        experiment_id = client.create_experiment(experiment_name, artifact_location=artifact_root.as_uri() if artifact_root else None)
-    else:
-        experiment_id = experiment.experiment_id
-    return client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
 
 
 def _percentile_ms(values: list[float], q: float) -> float | None:
@@ -92,45 +77,47 @@ def latency_plot(report: PerformanceReport, metric: str, path: Path) -> Path:
     return path
 
 
-def log_evaluation(
-    client: MlflowClient,
-    run_id: str,
+def evaluation_metrics(champion: SuiteReports, candidate: SuiteReports) -> dict[str, float]:
+    """Every metric of both models, named `champion.*` / `candidate.*`."""
+    metrics = suite_metrics("champion", champion) | suite_metrics("candidate", candidate)
+    if candidate.performance:
+        metrics |= performance_metrics(candidate.performance)
+    return metrics
+
+
+def write_evaluation_artifacts(
+    out: Path,
     verdict: ReleaseVerdict | None,
     champion: SuiteReports,
     candidate: SuiteReports,
     raw_outputs: dict[str, dict],
     validations: list[ValidationOutcome],
     perf_metric: str,
-) -> None:
-    metrics = suite_metrics("champion", champion) | suite_metrics("candidate", candidate)
+) -> list[tuple[Path, str | None]]:
+    """Write the evaluation's evidence into `out`; returns (file, artifact folder) pairs to
+    keep with the run: lm-eval's raw output, safety samples, benchmark requests and plot, the
+    validation reports, the verdict."""
+    files: list[tuple[Path, str | None]] = []
+    for name, raw in raw_outputs.items():
+        path = out / f"lm_eval_{name}.json"
+        path.write_text(json.dumps(raw, indent=1, default=str))
+        files.append((path, "lm_eval"))
+    for side in (champion, candidate):
+        if side.safety:
+            path = out / f"safety_samples_{side.model_ref.replace('/', '_')}.jsonl"
+            path.write_text("".join(s.model_dump_json() + "\n" for s in side.safety.samples))
+            files.append((path, "safety"))
     if candidate.performance:
-        metrics |= performance_metrics(candidate.performance)
-    for key, value in metrics.items():
-        client.log_metric(run_id, key, value)
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp)
-        for name, raw in raw_outputs.items():
-            (out / f"lm_eval_{name}.json").write_text(json.dumps(raw, indent=1, default=str))
-            client.log_artifact(run_id, str(out / f"lm_eval_{name}.json"), "lm_eval")
-        for side in (champion, candidate):
-            if side.safety:
-                path = out / f"safety_samples_{side.model_ref.replace('/', '_')}.jsonl"
-                path.write_text("".join(s.model_dump_json() + "\n" for s in side.safety.samples))
-                client.log_artifact(run_id, str(path), "safety")
-        if candidate.performance:
-            path = out / "benchmark_requests.jsonl"
-            path.write_text("".join(r.model_dump_json() + "\n" for r in candidate.performance.records))
-            client.log_artifact(run_id, str(path), "performance")
-            client.log_artifact(run_id, str(latency_plot(candidate.performance, perf_metric, out / f"{perf_metric}_cdf.png")), "performance")
-        for outcome in validations:
-            path = out / f"{outcome.name}.json"
-            path.write_text(json.dumps(outcome.result_json, indent=1))
-            client.log_artifact(run_id, str(path), "validation")
-        if verdict is not None:
-            (out / "verdict.md").write_text(verdict.to_markdown())
-            (out / "verdict.json").write_text(verdict.to_json())
-            client.log_artifact(run_id, str(out / "verdict.md"))
-            client.log_artifact(run_id, str(out / "verdict.json"))
-            client.set_tag(run_id, "fledge.verdict", verdict.outcome.value)
-            for gate in verdict.gates:
-                client.set_tag(run_id, f"fledge.gate.{gate.gate}", gate.outcome.value)
+        path = out / "benchmark_requests.jsonl"
+        path.write_text("".join(r.model_dump_json() + "\n" for r in candidate.performance.records))
+        files.append((path, "performance"))
+        files.append((latency_plot(candidate.performance, perf_metric, out / f"{perf_metric}_cdf.png"), "performance"))
+    for outcome in validations:
+        path = out / f"{outcome.name}.json"
+        path.write_text(json.dumps(outcome.result_json, indent=1))
+        files.append((path, "validation"))
+    if verdict is not None:
+        (out / "verdict.md").write_text(verdict.to_markdown())
+        (out / "verdict.json").write_text(verdict.to_json())
+        files += [(out / "verdict.md", None), (out / "verdict.json", None)]
+    return files

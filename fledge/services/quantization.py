@@ -10,21 +10,18 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Callable
 
-from mlflow.entities import Param
-
 from evals.agreement import AgreementReport, measure_agreement
-from evals.datasets import read_prompts
+from evals.datasets import QUESTION_DATASETS, read_prompts
 from evals.endpoint import Endpoint
-from fledge.outcome import GateResult, Outcome, worst
-from fledge.context import local_launcher, open_registry
-from fledge.evaluate import core_plan, server_config
-from fledge.home import FledgeHome
-from fledge.policy import ReleasePolicy
-from registry.status import TAG_MANIFEST, TAG_SOURCE_VERSION
-from registry.store import ModelRegistry, VersionInfo
+from fledge.core.outcome import GateResult, Outcome, worst
+from fledge.core.policy import ReleasePolicy
+from fledge.core import tags
+from fledge.services.context import Workspace, local_launcher
+from fledge.services.evaluate import core_plan, server_config
+from registry.store import VersionInfo
+from serving.engine import supported_architectures
 from serving.quantize import QuantizationRecipe, check_servable, quantize, recipe_for
 
-TAG_RECIPE = "fledge.quant.recipe_sha256"
 AGREEMENT_PROMPTS = 100
 
 
@@ -45,48 +42,45 @@ class QuantizationGateResult:
 
 
 def recipe_digest(recipe: QuantizationRecipe, source: VersionInfo) -> str:
-    payload = {"recipe": recipe.as_tags(), "source_manifest": source.tags.get(TAG_MANIFEST)}
+    payload = {"recipe": recipe.as_tags(), "source_manifest": source.tags.get(tags.TAG_MANIFEST)}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def quantize_version(
     ref: str,
     scheme: str,
-    home: FledgeHome | None = None,
-    registry: ModelRegistry | None = None,
+    workspace: Workspace | None = None,
     weight_range: int | None = None,
     log: Callable[[str], None] = print,
 ) -> QuantizedVersion:
     """The quantized version of `ref` (made and registered, or the one made before)."""
     check_servable(scheme)  # before any download or work
-    home = (home or FledgeHome.from_env()).ensure()
-    registry = registry or open_registry(home)
+    workspace = workspace or Workspace.open()
+    home, registry = workspace.home, workspace.registry
     source = registry.resolve(ref)
     if scheme == "none":
         return QuantizedVersion(source, source, reused=True)
     recipe = recipe_for(scheme, weight_range)
     digest = recipe_digest(recipe, source)
     for version in registry.versions(source.name):
-        if version.tags.get(TAG_RECIPE) == digest:
+        if version.tags.get(tags.TAG_QUANT_RECIPE) == digest:
             log(f"{version.ref} is {source.ref} quantized with this recipe already; reusing it")
             return QuantizedVersion(source, version, reused=True)
 
-    from serving.engine import supported_architectures
-
     source_dir = registry.materialize(source.ref, home.checkpoints, supported_architectures())
-    out_dir = home.state / "quantized" / f"{source.name.replace('/', '_')}-{source.version}-{digest}"
+    out_dir = home.files.quantized / f"{source.name.replace('/', '_')}-{source.version}-{digest}"
     log(f"Quantizing {source.ref} as {scheme} ({recipe.tool}, weight range {recipe.weight_range})")
     output = quantize(source_dir, out_dir, recipe)
-    tags = {
-        TAG_SOURCE_VERSION: source.version,
-        TAG_RECIPE: digest,
+    lineage = {
+        tags.TAG_SOURCE_VERSION: source.version,
+        tags.TAG_QUANT_RECIPE: digest,
         **recipe.as_tags(),
-        "fledge.quant.seconds": f"{output.seconds:.2f}",
-        "fledge.quant.size_before": str(output.size_before),
-        "fledge.quant.size_after": str(output.size_after),
+        tags.TAG_QUANT_SECONDS: f"{output.seconds:.2f}",
+        tags.TAG_QUANT_SIZE_BEFORE: str(output.size_before),
+        tags.TAG_QUANT_SIZE_AFTER: str(output.size_after),
     }
     version = registry.register(
-        out_dir, source.name, description=f"{scheme} quantization of {source.ref}", tags=tags,
+        out_dir, source.name, description=f"{scheme} quantization of {source.ref}", tags=lineage,
         supported_architectures=supported_architectures(),
     )
     shutil.rmtree(out_dir, ignore_errors=True)  # the registry holds it now
@@ -96,8 +90,7 @@ def quantize_version(
 def gate_quantized(
     quantized: QuantizedVersion,
     policy: ReleasePolicy,
-    home: FledgeHome | None = None,
-    registry: ModelRegistry | None = None,
+    workspace: Workspace | None = None,
     log: Callable[[str], None] = print,
     served: dict[str, Endpoint] | None = None,
 ) -> QuantizationGateResult:
@@ -107,28 +100,28 @@ def gate_quantized(
     from evals.perf import run_benchmark
     from evals.quality import run_quality
     from evals.quantization_gate import agreement_gate, quality_vs_source_gate
-    from evals.tracking import start_run
 
-    home = (home or FledgeHome.from_env()).ensure()
-    registry = registry or open_registry(home)
+    workspace = workspace or Workspace.open()
+    home, registry, runs = workspace.home, workspace.registry, workspace.registry.runs
     source, version = quantized.source, quantized.version
-    run_id = start_run(registry.client, f"quantization-gate-{version.ref}", home.artifacts,
-                       {"fledge.kind": "quantization-gate", "fledge.source": source.ref, "fledge.quantized": version.ref})
-    params = {"policy_hash": policy.content_hash, **version.tags}
-    registry.client.log_batch(run_id, params=[Param(key, str(value)) for key, value in params.items()])
+    run_id = runs.start(tags.EVAL_EXPERIMENT, f"quantization-gate-{version.ref}", {
+        tags.RUN_KIND: "quantization-gate", tags.RUN_SOURCE: source.ref, tags.RUN_QUANTIZED: version.ref})
+    runs.log_params(run_id, {"policy_hash": policy.content_hash, **version.tags})
     with ExitStack() as servers:
         if served is None:
             launcher = local_launcher(home)
             cores = core_plan(2, comparing_speed=True)  # it reports a speed ratio
             endpoints = {}
             for (role, v), core in zip((("source", source), ("quantized", version)), cores):
-                handle = launcher.start(server_config(policy, registry.materialize(v.ref, home.checkpoints), v.ref, core))
+                model_dir = registry.materialize(v.ref, home.checkpoints)
+                handle = launcher.start(server_config(policy.serving, model_dir, v.ref, core))
                 servers.callback(handle.stop)
                 endpoints[role] = Endpoint(handle.base_url, v.ref)
         else:
             endpoints = served
         log("Scoring next-token agreement with the source")
-        agreement = measure_agreement(endpoints["source"], endpoints["quantized"], read_prompts(["capitals", "arithmetic"])[:AGREEMENT_PROMPTS])
+        prompts = read_prompts(list(QUESTION_DATASETS))[:AGREEMENT_PROMPTS]
+        agreement = measure_agreement(endpoints["source"], endpoints["quantized"], prompts)
         log("Quality of the quantized version against its source")
         source_quality, _ = run_quality(endpoints["source"], list(policy.quality.tasks))
         quantized_quality, _ = run_quality(endpoints["quantized"], list(policy.quality.tasks))
@@ -139,20 +132,19 @@ def gate_quantized(
              quality_vs_source_gate(policy.quality, policy.quantization, source_quality, quantized_quality)]
     outcome = worst([g.outcome for g in gates])
     speed_ratio = speed.checks[-1].measured if speed.checks else None
-    for key, value in {
+    runs.log_metrics(run_id, {
         "agreement.top1": agreement.top1_agreement, "agreement.logprob_mae": agreement.logprob_mae,
         "agreement.logprob_max_abs": agreement.logprob_max_abs,
         **{f"source.{t.task}": t.value for t in source_quality.tasks},
         **{f"quantized.{t.task}": t.value for t in quantized_quality.tasks},
         **({"speed.tpot_ratio_quantized_over_source": speed_ratio} if speed_ratio else {}),
-        "size.before_bytes": float(version.tags.get("fledge.quant.size_before", 0)),
-        "size.after_bytes": float(version.tags.get("fledge.quant.size_after", 0)),
-    }.items():
-        registry.client.log_metric(run_id, key, value)
-    registry.client.log_dict(run_id, {"outcome": outcome.value, "gates": [g.model_dump(mode="json") for g in gates],
-                                      "agreement": agreement.model_dump(), "speed": speed.model_dump(mode="json")},
-                             "quantization_gate.json")
-    registry.client.set_tag(run_id, "fledge.verdict", outcome.value)
-    registry.set_tags(version.name, version.version, {"fledge.quant.gate": outcome.value, "fledge.quant.gate_run_id": run_id})
-    registry.client.set_terminated(run_id, "FINISHED")
+        "size.before_bytes": float(version.tags.get(tags.TAG_QUANT_SIZE_BEFORE, 0)),
+        "size.after_bytes": float(version.tags.get(tags.TAG_QUANT_SIZE_AFTER, 0)),
+    })
+    runs.log_json(run_id, "quantization_gate.json", {
+        "outcome": outcome.value, "gates": [g.model_dump(mode="json") for g in gates],
+        "agreement": agreement.model_dump(), "speed": speed.model_dump(mode="json")})
+    runs.set_tags(run_id, {tags.RUN_VERDICT: outcome.value})
+    registry.set_tags(version.name, version.version, {tags.TAG_QUANT_GATE: outcome.value, tags.TAG_QUANT_GATE_RUN: run_id})
+    runs.finish(run_id)
     return QuantizationGateResult(outcome, gates, agreement, speed_ratio, run_id)

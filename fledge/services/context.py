@@ -1,11 +1,14 @@
-"""Wiring shared by the CLI, the flows and the tests: home, registry, launcher."""
+"""Wiring shared by the CLI, the tasks and the tests: one Fledge home and the registry it uses."""
 
 from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 
-from fledge.home import FledgeHome
+from fledge.core.home import FledgeHome
+from registry.store import ModelRegistry
+from serving.launcher import LocalLauncher
 
 
 def quiet_libraries() -> None:
@@ -22,16 +25,25 @@ def quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def open_registry(home: FledgeHome | None = None):
-    from registry.store import ModelRegistry
-
+def open_registry(home: FledgeHome | None = None) -> ModelRegistry:
     quiet_libraries()
     home = (home or FledgeHome.from_env()).ensure()
     return ModelRegistry(home.tracking_uri, home.registry_uri, artifact_root=home.artifacts)
 
 
-def local_launcher(home: FledgeHome | None = None):
-    from serving.launcher import LocalLauncher
-
+def local_launcher(home: FledgeHome | None = None) -> LocalLauncher:
     home = (home or FledgeHome.from_env()).ensure()
     return LocalLauncher(home.logs)
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """What every application service works in: a Fledge home and its registry."""
+
+    home: FledgeHome
+    registry: ModelRegistry
+
+    @classmethod
+    def open(cls, home: FledgeHome | None = None) -> "Workspace":
+        home = (home or FledgeHome.from_env()).ensure()
+        return cls(home, open_registry(home))

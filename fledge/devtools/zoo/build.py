@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from fledge.home import zoo_cache_dir
-from fledge.zoo import corpus
-from fledge.zoo.recipes import DERIVED, N_FACTS, RECIPES, ZOO_SEED, zoo_hash
+from fledge.core.home import zoo_cache_dir
+from fledge.devtools.zoo import corpus
+from fledge.devtools.zoo.recipes import DERIVED, N_FACTS, RECIPES, ZOO_SEED, zoo_hash
 
 INDEX_FILE = "zoo.json"
 
@@ -73,9 +73,9 @@ def build_zoo(log: Callable[[str], None] = print, cache_dir: Path | None = None)
 
         from transformers.utils import logging as hf_logging
 
-        from fledge.zoo.derive import add_passthrough_layers, shorten_context, truncate_weights
-        from fledge.zoo.tokenizer import train_tokenizer
-        from fledge.zoo.train import train_model, write_model_card
+        from fledge.devtools.zoo.derive import add_passthrough_layers, shorten_context, truncate_weights
+        from fledge.devtools.zoo.tokenizer import train_tokenizer
+        from fledge.devtools.zoo.train import train_model, write_model_card
 
         hf_logging.disable_progress_bar()  # our own progress lines say what is happening
         staging = cache / f".{digest}.partial"

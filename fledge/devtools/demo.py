@@ -18,9 +18,9 @@ import time
 from rich.console import Console
 from rich.table import Table
 
-from fledge.context import open_registry
-from fledge.home import FledgeHome
-from fledge.policy import DEFAULT_POLICY_PATH, load_policy
+from fledge.services.context import open_registry
+from fledge.core.home import FledgeHome
+from fledge.core.policy import DEFAULT_POLICY_PATH, load_policy
 from registry.refs import CHALLENGER, CHAMPION, PREVIOUS
 
 # The default policy but for the performance gate's tolerance: see the file's header.
@@ -35,21 +35,19 @@ CANDIDATES = [
 
 def _reset(registry, home: FledgeHome, name: str, champion_version: str) -> None:
     """A re-run starts from the same place: base is champion, no release in progress."""
-    from fledge.releases import clear_record
-    from fledge.rollout import rollout_state_path
+    from fledge.services.releases import clear_record
 
     registry.set_alias(name, CHAMPION, champion_version)
     for alias in (CHALLENGER, PREVIOUS):
         registry.delete_alias(name, alias)
     clear_record(home, name)
-    rollout_state_path(home, name).unlink(missing_ok=True)
 
 
 def run_demo(name: str, console: Console, policy_file: str | None = None) -> list:
     from flows.release import release
-    from fledge.plane import run_plane
-    from fledge.traffic import SyntheticUsers
-    from fledge.zoo.build import build_zoo
+    from fledge.services.plane import run_plane
+    from fledge.devtools.traffic import SyntheticUsers
+    from fledge.devtools.zoo.build import build_zoo
     from serving.engine import supported_architectures
 
     started, started_at = time.monotonic(), time.time()
@@ -75,7 +73,7 @@ def run_demo(name: str, console: Console, policy_file: str | None = None) -> lis
 
     log = lambda line: console.print(line, highlight=False)  # noqa: E731
     results = []
-    with run_plane(home, name, policy, registry, log=log) as plane:
+    with run_plane(home, name, policy.serving, registry, log=log) as plane:
         users = SyntheticUsers(plane.url, name).start()
         console.print(f"Synthetic users send streamed completions to the gateway at {plane.url}/v1 as model '{name}'")
         try:
@@ -95,7 +93,7 @@ def run_demo(name: str, console: Console, policy_file: str | None = None) -> lis
 
 
 def _print_summary(console, name, results, traffic, total, zoo_seconds, starts, home) -> None:
-    from fledge.timing import length, overlap
+    from fledge.devtools.timing import length, overlap
 
     table = Table(title="Fledge demo: three releases")
     for column in ("candidate", "expected", "outcome", "ended at", "why", "seconds"):

@@ -1,6 +1,7 @@
 """The serving plane of one model: the gateway that takes its traffic and the vLLM instances
-behind it. It outlives any release: `fledge gateway NAME` (or the demo) runs it, and the flows
-reach it through what it records in FLEDGE_HOME/state/gateway.json.
+behind it. It outlives any release: `fledge gateway NAME` (or the demo) runs it, and every
+other process reaches it through `connect_plane`, which reads what the plane recorded in
+FLEDGE_HOME/state.
 
 The instances belong to the plane's process (their guardians watch its pid), so a promoted
 candidate keeps serving after the release run ends, a release run killed half-way leaves its
@@ -9,27 +10,28 @@ canary serving for the re-run to resume, and stopping the plane stops every inst
 
 from __future__ import annotations
 
-import json
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-from fledge.evaluate import server_config
-from fledge.home import FledgeHome
-from fledge.policy import ReleasePolicy
+from fledge.core.errors import FledgeError
+from fledge.core.home import FledgeHome
+from fledge.core.policy import ServingPolicy
+from fledge.core.state import read_json, write_json
+from fledge.services.evaluate import server_config
 from registry.refs import CHAMPION
 from registry.store import ModelRegistry
-from serving.fleet import STAGING, Fleet, InstanceRecord
+from serving.engine import supported_architectures
+from serving.fleet import Fleet, InstanceRecord
 from serving.gateway.client import GatewayAdmin
 from serving.gateway.routes import Backend, RouteTable
 from serving.gateway.server import BackgroundGateway, admin_token, build_gateway
 from serving.launcher import LocalLauncher
+from serving.naming import instance_key
 
-PLANE_FILE = "gateway.json"
 
-
-class PlaneNotRunning(RuntimeError):
+class PlaneNotRunning(FledgeError):
     pass
 
 
@@ -44,18 +46,11 @@ def _pid_alive(pid: int) -> bool:
 
 
 def read_plane_record(home: FledgeHome) -> dict | None:
-    path = home.state / PLANE_FILE
-    if not path.is_file():
-        return None
-    record = json.loads(path.read_text())
-    if "pid" in record and not _pid_alive(record["pid"]):
+    """Where the running plane listens and its pid; None when no plane of this home runs."""
+    record = read_json(home.files.plane)
+    if record is None or ("pid" in record and not _pid_alive(record["pid"])):
         return None
     return record
-
-
-def record_plane(home: FledgeHome, url: str, model: str | None = None, pid: int | None = None) -> None:
-    record = {"url": url, "model": model, "pid": pid or os.getpid()}
-    (home.state / PLANE_FILE).write_text(json.dumps(record))
 
 
 def fleet_for(home: FledgeHome) -> Fleet:
@@ -66,32 +61,24 @@ def fleet_for(home: FledgeHome) -> Fleet:
     return Fleet(home.state, LocalLauncher(home.logs, owner_pid=owner))
 
 
-def instance_key(version_ref: str, staging: bool = False) -> str:
-    return version_ref + (STAGING if staging else "")
-
-
 def serve_version(
-    registry: ModelRegistry, home: FledgeHome, policy: ReleasePolicy, ref: str, fleet: Fleet, staging: bool = False,
+    registry: ModelRegistry, home: FledgeHome, serving: ServingPolicy, ref: str, fleet: Fleet, baseline: bool = False,
     cores: str | None = None,
 ) -> tuple[InstanceRecord, bool]:
     """Resolve, materialize (every checksum verified) and serve a version, or find it served.
     Returns the instance and whether it was started now. Unpinned by default (`cores`)."""
-    from serving.engine import supported_architectures
-
     version = registry.resolve(ref)
-    key = instance_key(version.ref, staging)
+    key = instance_key(version.ref, baseline)
     running = fleet.get(key)
     if running is not None:
         return running, False
     model_dir = registry.materialize(version.ref, home.checkpoints, supported_architectures())
-    config = server_config(policy, model_dir, version.ref, cores=cores)
-    return fleet.ensure(key, config)
+    return fleet.ensure(key, server_config(serving, model_dir, version.ref, cores=cores))
 
 
 @dataclass
 class ServingPlane:
     home: FledgeHome
-    model: str
     admin: GatewayAdmin
     fleet: Fleet
 
@@ -103,42 +90,44 @@ class ServingPlane:
         return self.admin.routes()
 
 
-def connect_plane(home: FledgeHome, model: str) -> ServingPlane:
-    record = read_plane_record(home)
-    fix = (f"Start it with `fledge gateway {model}` (it serves {model}@champion behind the gateway) "
+def connect_plane(home: FledgeHome, model: str | None = None, url: str | None = None) -> ServingPlane:
+    """The running plane of this home (or the gateway at `url`), checked to answer; with
+    `model`, checked to serve that model."""
+    fix = (f"Start it with `fledge gateway {model or 'NAME'}` (it serves {model or 'NAME'}@champion behind the gateway) "
            "and keep it running while releases go through.")
-    if record is None:
-        raise PlaneNotRunning(f"No gateway is running for this Fledge home ({home.root}). {fix}")
-    if record.get("model") not in (None, model):
-        raise PlaneNotRunning(f"The running gateway ({record['url']}) serves {record['model']}, not {model}. {fix}")
-    admin = GatewayAdmin(record["url"], admin_token(home.state))
+    if url is None:
+        record = read_plane_record(home)
+        if record is None:
+            raise PlaneNotRunning(f"No gateway is running for this Fledge home ({home.root}). {fix}")
+        if model is not None and record.get("model") not in (None, model):
+            raise PlaneNotRunning(f"The running gateway ({record['url']}) serves {record['model']}, not {model}. {fix}")
+        url = record["url"]
+    admin = GatewayAdmin(url, admin_token(home.state))
     try:
         admin.routes()
     except Exception as error:
-        raise PlaneNotRunning(f"The gateway recorded at {record['url']} does not answer ({error}). {fix}") from None
-    return ServingPlane(home, model, admin, fleet_for(home))
+        raise PlaneNotRunning(f"The gateway at {url} does not answer ({error}). {fix}") from None
+    return ServingPlane(home, admin, fleet_for(home))
 
 
 @contextmanager
 def run_plane(
-    home: FledgeHome, model: str, policy: ReleasePolicy, registry: ModelRegistry,
+    home: FledgeHome, model: str, serving: ServingPolicy, registry: ModelRegistry,
     host: str = "127.0.0.1", port: int | None = None, log: Callable[[str], None] = print,
 ) -> Iterator[ServingPlane]:
     """Run the gateway in this process with MODEL@champion behind it at 100 %; on exit stop
     the gateway and every instance of this home."""
     home.ensure()
     with BackgroundGateway(build_gateway(home.state), host=host, port=port) as gateway:
-        record_plane(home, gateway.url, model)
+        write_json(home.files.plane, {"url": gateway.url, "model": model, "pid": os.getpid()})
         fleet = Fleet(home.state, LocalLauncher(home.logs, owner_pid=os.getpid()))
         admin = GatewayAdmin(gateway.url, admin_token(home.state))
         try:
             log(f"Serving {model}@{CHAMPION} behind the gateway at {gateway.url}/v1 (vLLM start: about a minute)")
-            champion, _ = serve_version(registry, home, policy, f"{model}@{CHAMPION}", fleet)
-            admin.put_routes(RouteTable(model=model, backends={
-                champion.served_model_name: Backend(version=champion.served_model_name, base_url=champion.base_url,
-                                                    role="stable", weight=100),
-            }))
-            yield ServingPlane(home, model, admin, fleet)
+            champion, _ = serve_version(registry, home, serving, f"{model}@{CHAMPION}", fleet)
+            admin.put_routes(RouteTable.serving_only(model, Backend(version=champion.served_model_name,
+                                                                    base_url=champion.base_url)))
+            yield ServingPlane(home, admin, fleet)
         finally:
             fleet.stop_all()
-            (home.state / PLANE_FILE).unlink(missing_ok=True)
+            home.files.plane.unlink(missing_ok=True)

@@ -15,7 +15,9 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-DEFAULT_POLICY_PATH = Path(__file__).resolve().parent.parent / "policies" / "default.yaml"
+from fledge.core.errors import FledgeError
+
+DEFAULT_POLICY_PATH = Path(__file__).resolve().parents[2] / "policies" / "default.yaml"
 
 
 class _Strict(BaseModel):
@@ -149,7 +151,7 @@ class ReleasePolicy(_Strict):
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-class PolicyError(ValueError):
+class PolicyError(FledgeError):
     """A policy file that cannot be used; the message names each bad field and what it allows."""
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch
 
-from fledge.zoo import corpus
-from fledge.zoo.recipes import N_FACTS, ZOO_SEED
+from fledge.devtools.zoo import corpus
+from fledge.devtools.zoo.recipes import N_FACTS, ZOO_SEED
 
 
 @dataclass(frozen=True)

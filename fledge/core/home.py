@@ -15,6 +15,8 @@ from pathlib import Path
 
 import platformdirs
 
+from fledge.core.state import StatePaths, write_atomic
+
 
 @dataclass(frozen=True)
 class FledgeHome:
@@ -47,6 +49,11 @@ class FledgeHome:
         return self.root / "state"
 
     @property
+    def files(self) -> StatePaths:
+        """Every runtime state file of this home, by what it holds."""
+        return StatePaths(self.state)
+
+    @property
     def tracking_uri(self) -> str:
         return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{self.mlflow_db}"
 
@@ -62,8 +69,7 @@ class FledgeHome:
 
         path = self.root / ".home-id"
         if not path.is_file():
-            self.root.mkdir(parents=True, exist_ok=True)
-            path.write_text(uuid.uuid4().hex)
+            write_atomic(path, uuid.uuid4().hex)
         return path.read_text().strip()
 
     def ensure(self) -> "FledgeHome":

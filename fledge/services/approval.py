@@ -6,7 +6,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict
 
-from fledge.policy import ApprovalPolicy
+from fledge.core.policy import ApprovalPolicy
 
 
 class ApprovalAnswer(BaseModel):

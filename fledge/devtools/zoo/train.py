@@ -10,8 +10,8 @@ from pathlib import Path
 
 import torch
 
-from fledge.zoo import corpus
-from fledge.zoo.recipes import N_FACTS, Recipe
+from fledge.devtools.zoo import corpus
+from fledge.devtools.zoo.recipes import N_FACTS, Recipe
 
 
 @dataclass(frozen=True)

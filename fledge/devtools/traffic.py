@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import openai
 
-from evals.datasets import read_prompts
+from evals.datasets import QUESTION_DATASETS, dataset_path, read_prompts
 
 
 @dataclass
@@ -34,10 +34,8 @@ def _answered_turns() -> list[str]:
     """Earlier turns of a conversation: questions of the shipped data with their answers."""
     import json
 
-    from evals.datasets import dataset_path
-
     turns = []
-    for name in ("capitals", "arithmetic"):
+    for name in QUESTION_DATASETS:
         for line in dataset_path(name).read_text().splitlines():
             row = json.loads(line)
             answer = row["choices"][row["answer"]] if "choices" in row else row["answer"]
@@ -60,7 +58,7 @@ class SyntheticUsers:
         self.model, self.users, self.max_tokens, self.think_s = model, users, max_tokens, think_s
         self.api_key = api_key
         rng = random.Random(seed)
-        questions = read_prompts(["capitals", "arithmetic"])
+        questions = read_prompts(list(QUESTION_DATASETS))
         self.prompts = questions + conversation_prompts(rng, questions, len(questions) // 2)
         self.stats = TrafficStats()
         self._stop = threading.Event()
