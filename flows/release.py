@@ -171,12 +171,12 @@ def _canary_promote_watch(release: _Release) -> RolloutState:
     rollback hooks put the aliases and the traffic back as they were."""
     record, policy, clock = release.record, release.policy, release.clock
     with clock("serve candidate"):
-        urls = serving_steps.serve_candidate(release.model, record.candidate, record.champion, policy.serving,
+        instances = serving_steps.serve_candidate(release.model, record.candidate, record.champion, policy.serving,
                                              policy.canary.baseline_instance)
     registry_steps.record_status(record.candidate, Status.CANARY)
     with transaction():
         with clock("canary"):
-            state = serving_steps.run_canary(release.model, record.champion, record.candidate, urls, policy.canary,
+            state = serving_steps.run_canary(release.model, record.champion, record.candidate, instances, policy.canary,
                                              record.snapshot.routes)
         reporting.publish_canary(release.model, record.mlflow_run_id, state)
         if state.phase is Phase.ROLLED_BACK:

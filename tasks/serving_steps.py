@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -29,12 +30,18 @@ class WatchBreach(FledgeError):
         super().__init__("post-promotion watch: " + "; ".join(result.reasons))
 
 
+@dataclass(frozen=True)
+class CanaryInstances:
+    candidate_url: str
+    baseline_url: str | None  # None: the canary is judged against the stable instance
+
+
 @task(name="serve candidate", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
 def serve_candidate(model: str, candidate_ref: str, champion_ref: str, serving: ServingPolicy,
-                    with_baseline: bool) -> dict[str, str | None]:
+                    with_baseline: bool) -> CanaryInstances:
     """The instances the canary needs: the candidate, and (where the policy asks for one) the
     champion's baseline instance; the ones the evaluations used when they are still up, else
-    new ones, started together. Returns their base URLs ("baseline" None without one)."""
+    new ones, started together."""
     ws, log = workspace(), say()
     plane = connect_plane(ws.home, model)
     wanted = {"candidate": (candidate_ref, False)}
@@ -46,12 +53,11 @@ def serve_candidate(model: str, candidate_ref: str, champion_ref: str, serving: 
         served = {role: future.result() for role, future in starting.items()}
     for role, (instance, started) in served.items():
         log(f"{role}: {wanted[role][0]} {'started' if started else 'already serving'} at {instance.base_url}")
-    return {"candidate": served["candidate"][0].base_url,
-            "baseline": served["baseline"][0].base_url if "baseline" in served else None}
+    return CanaryInstances(served["candidate"][0].base_url, served["baseline"][0].base_url if "baseline" in served else None)
 
 
 @task(name="canary", cache_policy=NO_CACHE)
-def run_canary(model: str, stable_ref: str, candidate_ref: str, urls: dict[str, str | None], canary: CanaryPolicy,
+def run_canary(model: str, stable_ref: str, candidate_ref: str, instances: CanaryInstances, canary: CanaryPolicy,
                routes_before: dict) -> RolloutState:
     """The canary through the gateway (services.rollout.run_canary). If the release's
     transaction rolls back, the traffic split before the release comes back."""
@@ -61,7 +67,7 @@ def run_canary(model: str, stable_ref: str, candidate_ref: str, urls: dict[str, 
     home = workspace().home
     plane = connect_plane(home, model)
     return rollout.run_canary(plane.admin, home.files.rollout(model), canary, model, stable_ref, candidate_ref,
-                              urls["candidate"], urls.get("baseline"), log=say())
+                              instances.candidate_url, instances.baseline_url, log=say())
 
 
 @run_canary.on_rollback

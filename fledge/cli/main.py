@@ -165,7 +165,7 @@ def quantize(
     """
     from fledge.core.policy import load_policy
     from fledge.services.quantization import gate_quantized, quantize_version
-    from fledge.core.tags import TAG_SOURCE_VERSION
+    from fledge.core.tags import TAG_QUANT_PREFIX, TAG_SOURCE_VERSION
 
     policy = load_policy(policy_file)
     scheme = scheme or policy.quantization.scheme
@@ -175,7 +175,7 @@ def quantize(
     console.print(f"{v.ref} ({'reused' if result.reused else 'new'}): {scheme} of {result.source.name}/"
                   f"{v.tags.get(TAG_SOURCE_VERSION, result.source.version)}", highlight=False)
     lineage = Table(show_header=False)
-    for key in sorted(k for k in v.tags if k.startswith("fledge.quant.") or k == TAG_SOURCE_VERSION):
+    for key in sorted(k for k in v.tags if k.startswith(TAG_QUANT_PREFIX) or k == TAG_SOURCE_VERSION):
         lineage.add_row(key, v.tags[key])
     console.print(lineage)
     if not gate or scheme == "none":
