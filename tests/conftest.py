@@ -99,3 +99,23 @@ def home_env(session_home, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
     return session_home
+
+
+# ---- the suite's cost, by tier: printed at the end of every run (CI logs show the budget) ---------
+
+_TIER_SECONDS: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report):
+    parts = Path(report.fspath).parts
+    tier = parts[parts.index("tests") + 1] if "tests" in parts and parts.index("tests") + 2 < len(parts) else "other"
+    _TIER_SECONDS[tier] = _TIER_SECONDS.get(tier, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _TIER_SECONDS:
+        return
+    terminalreporter.section("seconds by tier (setup + call + teardown)")
+    for tier, seconds in sorted(_TIER_SECONDS.items(), key=lambda item: -item[1]):
+        terminalreporter.write_line(f"{tier:12s} {seconds:8.1f} s  ({seconds / 60:.1f} min)")
+    terminalreporter.write_line(f"{'total':12s} {sum(_TIER_SECONDS.values()):8.1f} s")

@@ -23,6 +23,8 @@ app = typer.Typer(
 )
 zoo_app = typer.Typer(help="The zoo of tiny locally trained models with known ground truth.", no_args_is_help=True)
 app.add_typer(zoo_app, name="zoo")
+cache_app = typer.Typer(help="Reused evaluation results of champions.", no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
 console = Console()
 
 
@@ -66,6 +68,19 @@ def zoo_build() -> None:
         params = model.details.get("parameters")
         table.add_row(model.name, f"{params:,}" if params else "-", model.truth)
     console.print(table)
+
+
+@cache_app.command("clear")
+@friendly
+def cache_clear() -> None:
+    """Forget every reused champion result: the next evaluations measure the champion again.
+
+    Example: `fledge cache clear`
+    """
+    from fledge.services.result_cache import ChampionResults
+
+    removed = ChampionResults(FledgeHome.from_env().ensure().evaluation_cache).clear()
+    console.print(f"Removed {removed} cached champion result(s).")
 
 
 @app.command()
@@ -205,11 +220,14 @@ def eval_command(
     against: Optional[str] = typer.Option(None, "--against", help="The baseline; default NAME@champion."),
     suite: str = typer.Option("all", "--suite", help="quality, safety, perf or all."),
     policy_file: Optional[Path] = typer.Option(None, "--policy", help="Release policy YAML (default: policies/default.yaml)."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Measure the champion's quality and safety again instead of reusing them."),
 ) -> None:
     """Evaluate a version against the champion, both served by vLLM; print the verdict table.
 
     Exits 0 on pass, 1 on fail, 2 on inconclusive or error. Everything is logged to MLflow
-    (experiment fledge-evaluations).
+    (experiment fledge-evaluations). The champion's quality and safety results are reused
+    from earlier evaluations when its files, the policy, the data, the evaluation code and the
+    engine are the same (`--no-cache` measures them anyway; `fledge cache clear` forgets them).
 
     Example: `fledge eval tiny-llama/3 --against tiny-llama@champion --suite all`
     """
@@ -224,7 +242,8 @@ def eval_command(
     policy = load_policy(policy_file)
     against = against or f"{parse_ref(candidate).name}@champion"
     with console.status("Evaluating...") as status:
-        result = evaluate(candidate, against, suites, policy, log=lambda line: console.print(f"  {line}", highlight=False))
+        result = evaluate(candidate, against, suites, policy, use_cache=not no_cache,
+                          log=lambda line: console.print(f"  {line}", highlight=False))
         status.stop()
     _print_verdict(result.verdict)
     console.print(f"MLflow run {result.run_id} (experiment fledge-evaluations), {result.seconds:.0f} s.", highlight=False)

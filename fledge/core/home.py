@@ -41,6 +41,11 @@ class FledgeHome:
         return self.root / "checkpoints"
 
     @property
+    def evaluation_cache(self) -> Path:
+        """The champion's reusable suite results (fledge.services.result_cache)."""
+        return self.root / "cache" / "evaluations"
+
+    @property
     def logs(self) -> Path:
         return self.root / "logs"
 

@@ -65,6 +65,7 @@ RUN_KIND = "fledge.kind"  # evaluation | quantization-gate | release | rollback 
 RUN_MODEL = "fledge.model"
 RUN_CANDIDATE = "fledge.candidate"
 RUN_CHAMPION = "fledge.champion"
+RUN_CHAMPION_CACHED = "fledge.champion_cached"  # the champion's suites whose results were reused
 RUN_RELEASED = "fledge.released"  # the version actually released, where quantization made another
 RUN_SOURCE = "fledge.source"
 RUN_QUANTIZED = "fledge.quantized"

@@ -26,6 +26,7 @@ from fledge.core.tags import (
     EVAL_EXPERIMENT,
     RUN_CANDIDATE,
     RUN_CHAMPION,
+    RUN_CHAMPION_CACHED,
     RUN_KIND,
     RUN_PARENT,
     RUN_POLICY_HASH,
@@ -36,6 +37,7 @@ from fledge.core.tags import (
     run_gate_tag,
 )
 from fledge.services.context import Workspace, local_launcher
+from fledge.services.result_cache import ChampionResults
 from registry.errors import RegistryError
 from registry.store import VersionInfo
 from serving.config import ServerConfig
@@ -123,11 +125,14 @@ def evaluate(
     *,
     served: dict[str, Endpoint] | None = None,
     parent_run_id: str | None = None,
+    use_cache: bool = True,
     log: Log = print,
 ) -> EvaluationResult:
     """`served` (role -> endpoint) uses servers the caller already runs, e.g. the release flow's
     instances; otherwise both versions are served here and stopped afterwards. The evaluation
-    is one MLflow run (experiment fledge-evaluations), a child of `parent_run_id` if given."""
+    is one MLflow run (experiment fledge-evaluations), a child of `parent_run_id` if given.
+    The champion's quality and safety results come from the cache when nothing they depend on
+    changed (`use_cache=False` measures them again)."""
     started = time.monotonic()
     workspace = workspace or Workspace.open()
     registry, runs = workspace.registry, workspace.registry.runs
@@ -145,9 +150,20 @@ def evaluate(
         **{f"dataset_sha256.{name}": dataset_sha256(name) for name in datasets},
     })
     versions = {"champion": champion, "candidate": candidate}
+    cache = ChampionResults(workspace.home.evaluation_cache)
+    keys = {suite: key for suite in suites if (key := cache.key(champion, suite, policy))}
+    reused = {suite: report for suite, key in keys.items()
+              if use_cache and (report := cache.load(key, suite, champion.ref)) is not None}
+    if reused:
+        log(f"{champion.ref}: {', '.join(reused)} results reused (same files, policy, data, code and engine)")
+        runs.set_tags(run_id, {RUN_CHAMPION_CACHED: ",".join(sorted(reused))})
     with ExitStack() as servers:  # every server started here is stopped, whatever happens after
         try:
-            evidence = _gather(policy, suites, versions, datasets, workspace, log, served, servers)
+            evidence = _gather(policy, suites, versions, datasets, workspace, log, served, servers, reused)
+            for suite, key in keys.items():
+                report = getattr(evidence.reports["champion"], suite)
+                if suite not in reused and report is not None and suite not in evidence.reports["champion"].errors:
+                    cache.save(key, report)
             servers.close()
             verdict = release_verdict(policy, evidence.reports["champion"], evidence.reports["candidate"], suites)
             _record(runs, run_id, verdict, evidence, policy.performance.metric)
@@ -173,7 +189,8 @@ def _record(runs, run_id: str, verdict: ReleaseVerdict, evidence: _Evidence, per
                            **{run_gate_tag(gate.gate): gate.outcome.value for gate in verdict.gates}})
 
 
-def _gather(policy, suites, versions, datasets, workspace: Workspace, log, served, servers: ExitStack) -> _Evidence:
+def _gather(policy, suites, versions, datasets, workspace: Workspace, log, served, servers: ExitStack,
+            champion_results: dict) -> _Evidence:
     """Materialize (checksums), validate the data, serve, measure, validate the results: each
     step may stop the evaluation with errors that the verdict reports, before anything later."""
     registry, home = workspace.registry, workspace.home
@@ -199,7 +216,8 @@ def _gather(policy, suites, versions, datasets, workspace: Workspace, log, serve
     endpoints, problems = (served, {}) if served else _serve(policy, suites, versions, dirs, home, log, servers)
     if problems:
         return _Evidence.stopped(versions, suites, {r: f"vLLM did not start: {m}" for r, m in problems.items()}, validations)
-    champion_reports, candidate_reports, raw = measure(policy, suites, endpoints["champion"], endpoints["candidate"], log)
+    champion_reports, candidate_reports, raw = measure(policy, suites, endpoints["champion"], endpoints["candidate"], log,
+                                                       champion_results)
     reports = {"champion": champion_reports, "candidate": candidate_reports}
     for role in ROLES:
         checked = validate_results(reports[role], policy.performance.max_tokens, policy.performance.requests_per_block)
@@ -251,15 +269,18 @@ def benchmark_until_decided(policy: ReleasePolicy, champion: Endpoint, candidate
 
 
 def measure(
-    policy: ReleasePolicy, suites: tuple[str, ...], champion: Endpoint, candidate: Endpoint, log: Log = print
+    policy: ReleasePolicy, suites: tuple[str, ...], champion: Endpoint, candidate: Endpoint, log: Log = print,
+    champion_results: dict | None = None,
 ) -> tuple[SuiteReports, SuiteReports, dict[str, dict]]:
-    """Run the suites against two served endpoints. A suite that crashes becomes an error in
-    the reports (an ERROR gate), never a crashed release."""
+    """Run the suites against two served endpoints; `champion_results` (suite -> report) are
+    the champion's already known. A suite that crashes becomes an error in the reports (an
+    ERROR gate), never a crashed release."""
     from evals.quality import run_quality
     from evals.safety import run_safety
 
     endpoints = {"champion": champion, "candidate": candidate}
-    reports = {role: SuiteReports(model_ref=e.model) for role, e in endpoints.items()}
+    known = champion_results or {}
+    reports = {"champion": SuiteReports(model_ref=champion.model, **known), "candidate": SuiteReports(model_ref=candidate.model)}
     raw: dict[str, dict] = {}
 
     def attempt(role: str, suite: str, run) -> None:
@@ -271,10 +292,10 @@ def measure(
             reports[role] = reports[role].model_copy(update={"errors": errors})
 
     for role, endpoint in endpoints.items():
-        if "quality" in suites:
+        if "quality" in suites and not (role == "champion" and "quality" in known):
             log(f"Quality suite on {endpoint.model} ({', '.join(policy.quality.tasks)})")
             attempt(role, "quality", lambda: run_quality(endpoint, list(policy.quality.tasks)))
-        if "safety" in suites:
+        if "safety" in suites and not (role == "champion" and "safety" in known):
             log(f"Safety suite on {endpoint.model}")
             attempt(role, "safety", lambda: run_safety(endpoint, policy.safety.confidence))
     if "performance" in suites:

@@ -36,6 +36,8 @@ def test_local_launcher_uses_the_module_entry_point_and_cpu_environment(tmp_path
     assert env["VLLM_CPU_KVCACHE_SPACE"] == "0.5"
     assert env["VLLM_CPU_OMP_THREADS_BIND"] == "1"
     assert env["HF_HUB_OFFLINE"] == "1"
+    # The CPU build's cheaper start: no third process, no Inductor compile on the first logprobs.
+    assert (env["VLLM_ENABLE_V1_MULTIPROCESSING"], env["TORCH_COMPILE_DISABLE"]) == ("0", "1")
 
 
 def test_an_unpinned_server_is_one_thread_the_os_may_place_on_any_core(tmp_path, monkeypatch):

@@ -108,7 +108,7 @@ def test_a_baseline_backend_serves_the_stable_version_under_its_own_route_key(ga
     """A baseline is another instance of the stable version: the gateway routes to it by its
     own key and asks it for the version's served name; clients see the public name, and its
     requests are observed apart from the stable instance's."""
-    from serving.gateway.routes import baseline_key
+    from serving.naming import baseline_key
 
     server, admin = gateway
     stable = servers["base"].config.served_model_name

@@ -121,3 +121,23 @@ def test_stop_ends_the_server_and_frees_its_port(served_base, launcher):
     assert not handle.is_running()
     assert not _port_open(handle.port)
     assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids)
+
+
+def test_a_version_scores_the_same_on_another_server_so_its_results_can_be_reused(served_base, launcher):
+    """What makes the champion's cached results sound (fledge.services.result_cache): at
+    temperature 0, a second server of the same version gives the same quality scores, item by
+    item, and the same safety answers."""
+    from evals.endpoint import Endpoint
+    from evals.quality import run_quality
+    from evals.safety import run_safety
+    from fledge.core.policy import load_policy
+
+    tasks = list(load_policy().quality.tasks)
+    first = Endpoint(served_base.handle.base_url, served_base.ref)
+    quality, _ = run_quality(first, tasks)
+    safety, _ = run_safety(first, 0.95)
+    with launcher.start(served_base.handle.config) as other_server:
+        other = Endpoint(other_server.base_url, served_base.ref)
+        assert run_quality(other, tasks)[0] == quality
+        assert run_safety(other, 0.95)[0] == safety
+    assert all(task.per_sample for task in quality.tasks) and len(safety.samples) == 80

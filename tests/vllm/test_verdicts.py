@@ -81,6 +81,9 @@ def test_each_variant_gets_the_verdict_its_truth_predicts(variant, suites, expec
     assert {"verdict.md", "verdict.json", "lm_eval", "validation"} <= artifacts
     version = registry.resolve(versions[variant])
     assert version.tags["fledge.eval.verdict"] == result.verdict.outcome.value
+    # The first variant measured the champion; the later ones reuse its quality and safety.
+    if variant != "improved":
+        assert run.data.tags["fledge.champion_cached"] == "quality,safety"
 
 
 def test_corrupt_weights_are_an_error_before_anything_is_served(zoo, registry, home, versions):
