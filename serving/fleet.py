@@ -59,7 +59,7 @@ def _healthy(record: InstanceRecord) -> bool:
 
 class Fleet:
     def __init__(self, state_dir: Path, launcher: LocalLauncher):
-        self.files = StatePaths(Path(state_dir))
+        self.files = StatePaths.under(Path(state_dir))
         self.launcher = launcher
         self._handles: dict[str, ServerHandle] = {}  # started by this process: stopped (and reaped) through them
 

@@ -10,7 +10,7 @@ same machine reuse the trained models.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import platformdirs
@@ -21,42 +21,24 @@ from fledge.core.state import StatePaths, write_atomic
 @dataclass(frozen=True)
 class FledgeHome:
     root: Path
+    mlflow_db: Path = field(init=False)  # the embedded MLflow store (SQLite)
+    artifacts: Path = field(init=False)  # its artifact store
+    checkpoints: Path = field(init=False)  # materialized (downloaded and verified) versions, ready for vLLM
+    evaluation_cache: Path = field(init=False)  # the champions' reusable suite results (services.result_cache)
+    logs: Path = field(init=False)  # vLLM and process logs
+    state: Path = field(init=False)  # runtime state; `files` names every file in it
+    files: StatePaths = field(init=False)
+
+    def __post_init__(self):
+        for name, path in {"mlflow_db": "mlflow.db", "artifacts": "mlartifacts", "checkpoints": "checkpoints",
+                           "evaluation_cache": "cache/evaluations", "logs": "logs", "state": "state"}.items():
+            object.__setattr__(self, name, self.root / path)  # frozen: set once, here
+        object.__setattr__(self, "files", StatePaths.under(self.state))
 
     @classmethod
     def from_env(cls) -> "FledgeHome":
         root = Path(os.environ.get("FLEDGE_HOME", ".fledge")).expanduser().resolve()
         return cls(root)
-
-    @property
-    def mlflow_db(self) -> Path:
-        return self.root / "mlflow.db"
-
-    @property
-    def artifacts(self) -> Path:
-        return self.root / "mlartifacts"
-
-    @property
-    def checkpoints(self) -> Path:
-        """Materialized (downloaded and verified) model versions, ready for vLLM."""
-        return self.root / "checkpoints"
-
-    @property
-    def evaluation_cache(self) -> Path:
-        """The champion's reusable suite results (fledge.services.result_cache)."""
-        return self.root / "cache" / "evaluations"
-
-    @property
-    def logs(self) -> Path:
-        return self.root / "logs"
-
-    @property
-    def state(self) -> Path:
-        return self.root / "state"
-
-    @property
-    def files(self) -> StatePaths:
-        """Every runtime state file of this home, by what it holds."""
-        return StatePaths(self.state)
 
     @property
     def tracking_uri(self) -> str:

@@ -81,39 +81,20 @@ class StatePaths:
     """The files under one home's `state/` directory."""
 
     root: Path
+    instances: Path  # the vLLM servers of this home (serving.fleet)
+    instances_lock: Path
+    instance_starts: Path  # one JSON line per server start: what serving cost, for reports
+    plane: Path  # where the running serving plane (gateway) listens, and its pid
+    routes: Path  # the gateway's route table, persisted so a restarted gateway keeps the split
+    admin_token: Path
+    quantized: Path  # scratch space for quantized checkpoints before they are registered
 
-    @property
-    def instances(self) -> Path:
-        """The vLLM servers of this home (serving.fleet)."""
-        return self.root / "instances.json"
-
-    @property
-    def instances_lock(self) -> Path:
-        return self.root / "instances.lock"
-
-    @property
-    def instance_starts(self) -> Path:
-        """One JSON line per server start: what serving cost, for reports."""
-        return self.root / "instance-starts.jsonl"
-
-    @property
-    def plane(self) -> Path:
-        """Where the running serving plane (gateway) listens, and its pid."""
-        return self.root / "gateway.json"
-
-    @property
-    def routes(self) -> Path:
-        """The gateway's route table, persisted so a restarted gateway keeps the split."""
-        return self.root / "gateway-routes.json"
-
-    @property
-    def admin_token(self) -> Path:
-        return self.root / "gateway-admin-token"
-
-    @property
-    def quantized(self) -> Path:
-        """Scratch space for quantized checkpoints before they are registered."""
-        return self.root / "quantized"
+    @classmethod
+    def under(cls, root: Path) -> "StatePaths":
+        return cls(root=root, instances=root / "instances.json", instances_lock=root / "instances.lock",
+                   instance_starts=root / "instance-starts.jsonl", plane=root / "gateway.json",
+                   routes=root / "gateway-routes.json", admin_token=root / "gateway-admin-token",
+                   quantized=root / "quantized")
 
     def release(self, model: str) -> Path:
         """The release in progress for a model (services.releases.ReleaseRecord)."""

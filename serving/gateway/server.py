@@ -20,13 +20,13 @@ def admin_token(state_dir: Path) -> str:
     """FLEDGE_GATEWAY_ADMIN_TOKEN, or a token generated once and kept in state, created 0600."""
     if os.environ.get("FLEDGE_GATEWAY_ADMIN_TOKEN"):
         return os.environ["FLEDGE_GATEWAY_ADMIN_TOKEN"]
-    path = StatePaths(state_dir).admin_token
+    path = StatePaths.under(state_dir).admin_token
     token = path.read_text() if path.is_file() else create_once(path, secrets.token_urlsafe(24))
     return token.strip()
 
 
 def build_gateway(state_dir: Path, api_keys: dict[str, float] | None = None, **kwargs) -> Gateway:
-    return Gateway(StatePaths(state_dir).routes, admin_token(state_dir), api_keys=api_keys, **kwargs)
+    return Gateway(StatePaths.under(state_dir).routes, admin_token(state_dir), api_keys=api_keys, **kwargs)
 
 
 class BackgroundGateway:

@@ -35,7 +35,7 @@ def test_a_failed_write_keeps_the_old_content(tmp_path, monkeypatch):
 
 
 def test_a_secret_is_private_from_its_first_byte_and_two_creators_agree(tmp_path):
-    path = StatePaths(tmp_path).admin_token
+    path = StatePaths.under(tmp_path).admin_token
     results = []
     threads = [threading.Thread(target=lambda n=n: results.append(create_once(path, f"token-{n}"))) for n in range(8)]
     for thread in threads:
