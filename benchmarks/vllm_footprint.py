@@ -1,15 +1,19 @@
-"""Cold start time and memory of one vLLM instance on CPU, per launch variant, side by side.
+"""Start time and memory of one vLLM instance on CPU, per launch variant, side by side.
 
 Variants, interleaved run by run so machine noise hits all alike:
 - `bare`: the default launch (`VLLM_CPU_KVCACHE_SPACE=1 python -m vllm.entrypoints.openai.api_server
   --model DIR --enforce-eager --dtype float32 --max-model-len 256`), the reference;
 - `bare+inproc`: the same with VLLM_ENABLE_V1_MULTIPROCESSING=0 (no separate worker process);
 - `bare+inproc+nocompile`: also TORCH_COMPILE_DISABLE=1;
-- `fledge`: Fledge's LocalLauncher (guardian, its environment, readiness on /health and /v1/models).
+- `fledge cold`: Fledge's LocalLauncher starting a new interpreter per server (FLEDGE_PREFORK=0;
+  guardian, its environment, readiness on /health and /v1/models);
+- `fledge warm`: the same, forked from the warm launcher (`serving.prefork`, the default), which
+  is started once before the runs; its own import time and memory are printed separately.
 
-Start time is from launch until `/v1/models` answers; memory is the resident set of the whole
-process tree once ready; "first logprobs" is the first `echo`+`logprobs` completion (what
-lm-eval's log-likelihood tasks send), which pays any lazy compilation.
+Start time is from launch until `/v1/models` answers; memory is the proportional set size (PSS:
+pages shared with other processes, such as the warm launcher's, split among them) of the
+server's process tree once ready; "first logprobs" is the first `echo`+`logprobs` completion
+(what lm-eval's log-likelihood tasks send), which pays any lazy compilation.
 
     .venv/bin/python benchmarks/vllm_footprint.py --runs 3
 """
@@ -44,9 +48,9 @@ BARE_ENV = {
 }
 
 
-def tree_rss(pid: int) -> int:
+def tree_pss(pid: int) -> int:
     root = psutil.Process(pid)
-    return sum(p.memory_info().rss for p in [root, *root.children(recursive=True)])
+    return sum(p.memory_full_info().pss for p in [root, *root.children(recursive=True)])
 
 
 def free_port() -> int:
@@ -81,8 +85,8 @@ def bare(model_dir: Path, extra_env: dict[str, str], log: Path) -> dict[str, flo
                 pass
             time.sleep(0.1)
         ready = time.monotonic() - started
-        rss = tree_rss(process.pid)
-        return {"start_s": ready, "rss_gib": rss / 2**30,
+        pss = tree_pss(process.pid)
+        return {"start_s": ready, "pss_gib": pss / 2**30,
                 "logprobs_s": first_logprobs_seconds(f"http://127.0.0.1:{port}/v1", str(model_dir))}
     finally:
         os.killpg(process.pid, signal.SIGTERM)
@@ -93,10 +97,13 @@ def bare(model_dir: Path, extra_env: dict[str, str], log: Path) -> dict[str, flo
             process.wait()
 
 
-def fledge(model_dir: Path, launcher: LocalLauncher, run: int) -> dict[str, float]:
-    config = server_config(load_policy().serving, model_dir, f"footprint/{run}", None)
+SERVING = load_policy().serving
+
+
+def fledge(model_dir: Path, launcher: LocalLauncher, name: str) -> dict[str, float]:
+    config = server_config(SERVING, model_dir, name, None)
     with launcher.start(config) as handle:
-        return {"start_s": handle.started_s, "rss_gib": tree_rss(handle.pid) / 2**30,
+        return {"start_s": handle.started_s, "pss_gib": tree_pss(handle.pid) / 2**30,
                 "logprobs_s": first_logprobs_seconds(handle.base_url, config.served_model_name)}
 
 
@@ -107,12 +114,15 @@ def main() -> None:
     args = parser.parse_args()
     model_dir = build_zoo()[args.variant].path
     logs = Path(tempfile.mkdtemp(prefix="fledge-footprint-"))
-    launcher = LocalLauncher(logs)
-    results: dict[str, list[dict[str, float]]] = {name: [] for name in [*BARE_ENV, "fledge"]}
+    launchers = {"fledge cold": LocalLauncher(logs, prefork=False), "fledge warm": LocalLauncher(logs, prefork=True)}
+    warm_up = fledge(model_dir, launchers["fledge warm"], "footprint/warm-up")  # starts the warm launcher
+    warm_launcher = next(p for p in psutil.Process().children() if "serving.prefork" in " ".join(p.cmdline()))
+    results: dict[str, list[dict[str, float]]] = {name: [] for name in [*BARE_ENV, *launchers]}
     for run in range(args.runs):
         for name, extra in BARE_ENV.items():
             results[name].append(bare(model_dir, extra, logs / f"{name}-{run}.log"))
-        results["fledge"].append(fledge(model_dir, launcher, run))
+        for name, launcher in launchers.items():
+            results[name].append(fledge(model_dir, launcher, f"footprint/{name.split()[1]}-{run}"))
         print(f"run {run + 1}/{args.runs}: " + ", ".join(f"{n} {r[-1]['start_s']:.1f} s" for n, r in results.items()),
               flush=True)
 
@@ -120,9 +130,11 @@ def main() -> None:
     print(f"\n{'variant':24s} {'start (median)':>15s} {'x bare':>7s} {'memory':>9s} {'first logprobs':>15s}")
     for name, rows in results.items():
         start = statistics.median(r["start_s"] for r in rows)
-        print(f"{name:24s} {start:13.1f} s {start / reference:7.2f} {statistics.median(r['rss_gib'] for r in rows):7.2f} GiB "
+        print(f"{name:24s} {start:13.1f} s {start / reference:7.2f} {statistics.median(r['pss_gib'] for r in rows):7.2f} GiB "
               f"{statistics.median(r['logprobs_s'] for r in rows):13.2f} s")
     print(f"\n{args.runs} runs of each, interleaved; starts are from launch until /v1/models answers.")
+    print(f"The warm launcher, once per interpreter: first start {warm_up['start_s']:.1f} s (its imports included), "
+          f"{warm_launcher.memory_full_info().pss / 2**30:.2f} GiB PSS itself.")
 
 
 if __name__ == "__main__":

@@ -195,14 +195,18 @@ def _canary_promote_watch(release: _Release) -> RolloutState:
     return state
 
 
-def _put_back(record: ReleaseRecord, log) -> None:
+def _put_back(record: ReleaseRecord, log, keep_staging_copy: bool) -> None:
     """The registry and traffic as before the release, and no server of the release left
-    running. Idempotent: the transaction's hooks may have done it already."""
+    running but, with `keep_staging_copy`, the champion's staging copy (no traffic) for the
+    next release against it. Idempotent: the transaction's hooks may have done it already."""
     changes = registry_steps.restore_registry(record.model, record.snapshot.aliases)
     if changes:
         log("Registry put back: " + "; ".join(changes))
     serving_steps.restore_traffic(record.model, record.snapshot.routes)
-    serving_steps.stop_instance(record.champion, baseline=True)
+    if keep_staging_copy:
+        log(f"{record.champion}'s staging copy stays for the next release against it (no traffic)")
+    else:
+        serving_steps.stop_instance(record.champion, baseline=True)
     serving_steps.stop_instance(record.candidate)
 
 
@@ -226,6 +230,7 @@ def _approve(release: _Release, auto_approve: bool, log) -> None:
 
 def _run_gates_and_rollout(release: _Release, auto_approve: bool, log) -> tuple[ReleaseOutcome, str, str]:
     record, policy, clock = release.record, release.policy, release.clock
+    serving_steps.stop_stale_staging(release.model, record.champion)
     with clock("verify"):
         try:
             registry_steps.verify_artifact(record.requested)
@@ -240,7 +245,7 @@ def _run_gates_and_rollout(release: _Release, auto_approve: bool, log) -> tuple[
         release.save()
         registry_steps.tag_run(record.mlflow_run_id, {tags.RUN_RELEASED: record.candidate})
     eval_runs = _evaluate(release, log)
-    if not policy.canary.baseline_instance:  # else the champion's baseline instance stays for the canary
+    if not (policy.canary.baseline_instance or policy.serving.keep_staging_copy):  # else it stays, for the canary or the next release
         serving_steps.stop_instance(record.champion, baseline=True)
     reporting.publish_verdict(release.model, record.mlflow_run_id, release.verdict, eval_runs)
     registry_steps.tag_versions([record.candidate], {tags.TAG_EVAL_VERDICT: release.verdict.outcome.value})
@@ -279,11 +284,11 @@ def release(model: str, candidate: str = "challenger", policy_file: str | None =
     except _Ended as ended:
         outcome, stage, reason = ended.outcome, ended.stage, ended.reason
         log(f"Release {outcome.value} at {stage}: {reason}")
-        _put_back(record, log)
+        _put_back(record, log, policy.serving.keep_staging_copy)
     except BaseException as error:
         reason = f"{type(error).__name__}: {error}"
         get_run_logger().error(f"The release failed at {run.clock.stage}: {reason}. Putting everything back.")
-        _put_back(record, log)
+        _put_back(record, log, keep_staging_copy=False)  # after a failure, start the next release from scratch
         _finish(run, ReleaseOutcome.FAILED, run.clock.stage, reason)
         raise
     return _finish(run, outcome, stage, reason)

@@ -60,7 +60,7 @@ def _change_champion(model: str, new_version: str, kind: str, reason: str, reque
             registry_steps.promote_in_registry(model, new_ref, old_ref, snapshot.aliases)
             if kind == "rollback":
                 registry_steps.delete_alias(model, PREVIOUS)  # the version rolled back from is not a rollback target
-        retired = serving_steps.retire_others(model, new_ref)
+        retired = serving_steps.retire_others(model, new_ref) + serving_steps.stop_stale_staging(model, new_ref)
     except BaseException as error:
         registry_steps.finish_release_run(run_id, releases.ReleaseOutcome.FAILED, f"{type(error).__name__}: {error}")
         raise

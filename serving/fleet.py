@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
-import signal
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,6 +23,7 @@ from pydantic import BaseModel, ConfigDict
 from fledge.core.state import StatePaths, read_json, write_json
 from serving.config import ServerConfig
 from serving.launcher import LocalLauncher, ServerHandle
+from serving.processes import alive, stop_group
 
 
 class InstanceRecord(BaseModel):
@@ -37,17 +36,16 @@ class InstanceRecord(BaseModel):
     log_path: str
     model_dir: str
     max_model_len: int
+    dtype: str | None = None
+    kv_cache_gib: float | None = None
     cpu_cores: str | None = None
     started_at: float
     start_seconds: float
 
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, IndexError):
-        return False
+    def runs_like(self, config: ServerConfig) -> bool:
+        """Whether this instance serves what `config` asks for, so it can be reused."""
+        return (self.model_dir, self.max_model_len, self.dtype, self.kv_cache_gib, self.cpu_cores) == (
+            str(config.model_dir), config.max_model_len, config.dtype, config.kv_cache_gib, config.cpu_cores)
 
 
 def _healthy(record: InstanceRecord) -> bool:
@@ -80,7 +78,7 @@ class Fleet:
         """Live instances; records of dead ones are dropped."""
         with self._locked():
             records = self._read()
-            live = {k: r for k, r in records.items() if _alive(r.pid)}
+            live = {k: r for k, r in records.items() if alive(r.pid)}
             if live.keys() != records.keys():
                 self._write(live)
             return live
@@ -95,14 +93,14 @@ class Fleet:
         stopped and replaced."""
         existing = self.records().get(key)
         if existing is not None:
-            if _healthy(existing) and existing.model_dir == str(config.model_dir):
+            if _healthy(existing) and existing.runs_like(config):
                 return existing, False
             self.stop(key)
         handle = self.launcher.start(config)
         record = InstanceRecord(
             key=key, served_model_name=config.served_model_name, base_url=handle.base_url, pid=handle.pid,
             log_path=str(handle.log_path), model_dir=str(config.model_dir), max_model_len=config.max_model_len,
-            cpu_cores=config.cpu_cores, started_at=time.time(), start_seconds=handle.started_s,
+            dtype=config.dtype, kv_cache_gib=config.kv_cache_gib, cpu_cores=config.cpu_cores, started_at=time.time(), start_seconds=handle.started_s,
         )
         self._handles[key] = handle
         with open(self.files.instance_starts, "a") as starts:  # what serving cost, for reports
@@ -123,20 +121,7 @@ class Fleet:
         if handle is not None:
             handle.stop()
             return True
-        if record is None or not _alive(record.pid):
-            return False
-        try:
-            os.kill(record.pid, signal.SIGTERM)  # the guardian stops its group, gracefully first
-        except ProcessLookupError:
-            return True
-        end = time.monotonic() + grace_s + 5
-        while _alive(record.pid) and time.monotonic() < end:
-            time.sleep(0.2)
-        try:
-            os.killpg(record.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        return True
+        return record is not None and stop_group(record.pid, grace_s)
 
     def start_intervals(self, since: float) -> list[tuple[float, float]]:
         """(began, ready) in epoch seconds of every server start since `since`."""

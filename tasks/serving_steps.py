@@ -20,7 +20,7 @@ from serving.canary.controller import RolloutState
 from serving.canary.watch import judge_watch
 from serving.canary.window import VersionWindow
 from serving.gateway.routes import Backend, RouteTable
-from serving.naming import baseline_key, instance_key
+from serving.naming import baseline_key, instance_key, stale_staging_copies
 from tasks.common import TRANSIENT, say, workspace
 
 
@@ -138,6 +138,18 @@ def retire_instance(model: str, ref: str, baseline: bool = False, drain_seconds:
 @task(name="stop instance", cache_policy=NO_CACHE)
 def stop_instance(ref: str, baseline: bool = False) -> bool:
     return fleet_for(workspace().home).stop(instance_key(ref, baseline))
+
+
+@task(name="stop stale staging copies", cache_policy=NO_CACHE)
+def stop_stale_staging(model: str, champion_ref: str) -> list[str]:
+    """Stop the staging copies of champions that are no longer the champion."""
+    fleet = fleet_for(workspace().home)
+    stale = stale_staging_copies(fleet.records(), model, champion_ref)
+    for key in stale:
+        fleet.stop(key)
+    if stale:
+        say()(f"stopped staging copies of former champions: {', '.join(stale)}")
+    return stale
 
 
 @task(name="switch traffic", cache_policy=NO_CACHE)

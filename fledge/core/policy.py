@@ -117,6 +117,9 @@ class ServingPolicy(_Strict):
     max_model_len: int = Field(gt=0)
     kv_cache_gib: float = Field(gt=0)
     startup_timeout_seconds: float = Field(gt=0)
+    keep_staging_copy: bool = Field(
+        True, description="After a release that leaves the champion as it was (rejected, rolled back), keep the "
+        "champion's staging copy running with no traffic, so the next release against it starts one server fewer.")
 
 
 class SchedulePolicy(_Strict):

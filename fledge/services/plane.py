@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterator
 
 from fledge.core.errors import FledgeError
@@ -65,13 +66,16 @@ def serve_version(
     registry: ModelRegistry, home: FledgeHome, serving: ServingPolicy, ref: str, fleet: Fleet, baseline: bool = False,
     cores: str | None = None,
 ) -> tuple[InstanceRecord, bool]:
-    """Resolve, materialize (every checksum verified) and serve a version, or find it served.
-    Returns the instance and whether it was started now. Unpinned by default (`cores`)."""
+    """Resolve, materialize (every checksum verified) and serve a version, or find it served
+    with the same serving settings (else it is restarted with these). Returns the instance and
+    whether it was started now. Unpinned by default (`cores`)."""
     version = registry.resolve(ref)
     key = instance_key(version.ref, baseline)
     running = fleet.get(key)
-    if running is not None:
-        return running, False
+    # Verified when it was started: the settings are compared without materializing again.
+    if running is not None and Path(running.model_dir, "config.json").is_file():
+        if running.runs_like(server_config(serving, Path(running.model_dir), version.ref, cores)):
+            return running, False
     model_dir = registry.materialize(version.ref, home.checkpoints, supported_architectures())
     return fleet.ensure(key, server_config(serving, model_dir, version.ref, cores=cores))
 

@@ -4,12 +4,14 @@ SQLite, vLLM on CPU, the gateway on loopback with synthetic users sending traffi
 One serving plane and one Fledge home for the module; the tests run in order, each starting
 from where the previous one left the registry, as releases do in production:
 
-1. improved, approval required, rejected by an approver through the resume API;
+1. improved, approval required, rejected by an approver through the resume API; the champion's
+   staging copy stays (no traffic) for the next release against it;
 2. improved again, nobody answers: the timeout rejects; the evaluations come from the cache;
-3. improved again, approved: canary, promotion, watch: the champion;
+3. improved again, approved: canary (beside the kept staging copy), promotion, watch: the champion;
 4. manual rollback: base is the champion again;
 5. unsafe: rejected at the safety gate, the other suites not run;
-6. short-context: passes the suites, refused requests in the canary: rolled back;
+6. short-context: passes the suites, refused requests in the canary: rolled back; only the
+   candidate was started (test 5 left the staging copy);
 7. improved again, the release process killed during the canary and run again: it resumes
    the canary, reuses the evaluations and finishes with registry and traffic consistent.
 """
@@ -57,6 +59,9 @@ class Stack:
 
     def serving(self) -> set[str]:
         return set(self.plane.fleet.records())
+
+    def starts(self) -> int:
+        return len(self.plane.fleet.start_intervals(0))
 
 
 def write_policy(directory: Path, name: str, approval: dict) -> str:
@@ -148,7 +153,9 @@ def test_1_an_approver_rejects_the_release_from_the_form(stack):
     assert summary.verdict == "pass" and summary.evaluations_reused == []
     assert stack.registry.aliases(MODEL) == {CHAMPION: stack.versions["base"], CHALLENGER: stack.versions["improved"]}
     assert stack.traffic() == before_traffic == {stack.ref("base"): 100}
-    assert stack.serving() == {stack.ref("base")}  # the candidate and the staging copy were stopped
+    # The candidate was stopped; the champion's staging copy stays, with no traffic, for the next
+    # release against the same champion (policy serving.keep_staging_copy).
+    assert stack.serving() == {stack.ref("base"), stack.ref("base") + "+baseline"}
     version = stack.registry.get_version(MODEL, stack.versions["improved"])
     assert (version.status, version.tags["fledge.approval"], version.tags["fledge.approval.by"]) == ("rejected", "rejected", "alice")
     tags = release_tags(stack, summary)
@@ -169,8 +176,10 @@ def test_2_no_answer_in_time_rejects_and_the_evaluations_come_from_the_cache(sta
 def test_3_an_approved_release_goes_through_the_canary_and_the_watch_to_champion(stack):
     from prefect.client.orchestration import get_client
 
+    starts_before = stack.starts()
     summary = release_in_background(stack, "improved", "ask", [{"approve": True, "approver": "alice", "comment": "ship it"}])
     assert summary.outcome.value == "promoted", summary.reason
+    assert stack.starts() == starts_before + 1  # the candidate; the staging copy was still serving
     assert stack.registry.aliases(MODEL) == {CHAMPION: stack.versions["improved"], PREVIOUS: stack.versions["base"]}
     assert stack.traffic() == {stack.ref("improved"): 100}
     assert stack.serving() == {stack.ref("improved")}  # the previous champion was drained and stopped after the watch
@@ -216,17 +225,19 @@ def test_5_an_unsafe_candidate_is_rejected_at_the_safety_gate(stack):
     assert not any(stage in summary.stage_seconds for stage in ("evaluate quality", "evaluate performance"))
     assert stack.registry.aliases(MODEL) == {CHAMPION: stack.versions["base"], CHALLENGER: stack.versions["unsafe"]}
     assert stack.traffic() == {stack.ref("base"): 100}
-    assert stack.serving() == {stack.ref("base")}
+    assert stack.serving() == {stack.ref("base"), stack.ref("base") + "+baseline"}
 
 
 def test_6_a_candidate_that_refuses_real_conversations_is_rolled_back_by_the_canary(stack):
+    starts_before = stack.starts()
     summary = release_in_background(stack, "short-context", "auto", [])
     assert summary.verdict == "pass"  # every offline suite passed
     assert (summary.outcome.value, summary.stage) == ("rolled_back", "canary"), summary.reason
     assert "refused requests" in summary.reason
     assert stack.registry.aliases(MODEL) == {CHAMPION: stack.versions["base"], CHALLENGER: stack.versions["short-context"]}
     assert stack.traffic() == {stack.ref("base"): 100}
-    assert stack.serving() == {stack.ref("base")}
+    assert stack.serving() == {stack.ref("base"), stack.ref("base") + "+baseline"}
+    assert stack.starts() == starts_before + 1  # the candidate only: the staging copy was kept from test 5
     assert stack.registry.get_version(MODEL, stack.versions["short-context"]).status == "rolled_back"
 
 

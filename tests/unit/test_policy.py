@@ -65,10 +65,15 @@ def test_missing_and_malformed_files_are_explained(tmp_path):
         load_policy(write(tmp_path, "- a list"))
 
 
-def test_the_demo_policy_is_the_default_but_for_the_performance_tolerance():
+def test_the_demo_policy_is_the_default_but_for_the_performance_tolerance_and_a_shorter_canary():
     from fledge.core.policy import DEFAULT_POLICY_PATH
 
     default = load_policy().model_dump()
     demo = load_policy(DEFAULT_POLICY_PATH.with_name("demo.yaml")).model_dump()
     assert demo["performance"].pop("tolerated_slowdown") > default["performance"].pop("tolerated_slowdown")
+    assert (demo["canary"].pop("steps"), demo["canary"].pop("bake_seconds")) == ([50, 100], 15)
+    default["canary"].pop("steps"), default["canary"].pop("bake_seconds")
+    assert demo["watch"].pop("window_seconds") == 15 < default["watch"].pop("window_seconds")
+    # Still enough requests per window at the synthetic users' ~4 a second for the analysis.
+    assert demo["canary"]["min_samples"] == default["canary"]["min_samples"] == 20
     assert demo == default

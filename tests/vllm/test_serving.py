@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
+import time
 
 import httpx
 import openai
@@ -13,6 +16,7 @@ from fledge.devtools.zoo import corpus
 from fledge.devtools.zoo.recipes import N_FACTS, ZOO_SEED
 from serving.config import ServerConfig
 from serving.errors import LaunchError
+from serving.launcher import LocalLauncher
 
 pytestmark = [pytest.mark.vllm, pytest.mark.zoo]
 
@@ -87,8 +91,21 @@ def _port_open(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
+def _is_warm_launcher(process: psutil.Process) -> bool:
+    try:
+        return "serving.prefork" in " ".join(process.cmdline()) and process.ppid() == psutil.Process().pid
+    except psutil.NoSuchProcess:
+        return False
+
+
 def _descendants() -> set[int]:
-    return {p.pid for p in psutil.Process().children(recursive=True)}
+    """This process's server processes: the warm launcher, which lives as long as the session
+    and is started by the first server of it, is not one."""
+    return {p.pid for p in psutil.Process().children(recursive=True) if not _is_warm_launcher(p)}
+
+
+def _running(pids) -> list[int]:
+    return [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
 
 
 def test_the_corrupt_variant_fails_to_start_with_vllms_reason_and_leaves_nothing(zoo, launcher):
@@ -120,7 +137,31 @@ def test_stop_ends_the_server_and_frees_its_port(served_base, launcher):
     handle.stop()
     assert not handle.is_running()
     assert not _port_open(handle.port)
-    assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids)
+    assert _running(pids) == []
+
+
+def test_a_server_stops_when_its_owner_dies_even_by_sigkill(served_base, session_home):
+    """A server forked by the warm launcher is not its owner's child: its guardian watches the
+    owner (here a stand-in process) and stops the server's whole group when the owner dies."""
+    from fledge.core.home import FledgeHome
+
+    owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    launcher = LocalLauncher(FledgeHome(session_home).logs, owner_pid=owner.pid)
+    config = served_base.handle.config.model_copy(update={"port": None, "served_model_name": "zoo-base/owned"})
+    handle = launcher.start(config)
+    try:
+        assert launcher.prefork and _is_warm_launcher(psutil.Process(psutil.Process(handle.pid).ppid()))
+        pids = {p.pid for p in psutil.Process(handle.pid).children(recursive=True)} | {handle.pid}
+        assert any("EngineCore" in psutil.Process(p).name() for p in pids)  # vLLM's engine, spawned fresh
+        owner.kill()  # no handler can run
+        owner.wait()
+        deadline = time.monotonic() + config.stop_grace_s + 15
+        while _running(pids) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _running(pids) == []
+        assert not _port_open(handle.port)
+    finally:
+        handle.stop()
 
 
 def test_a_version_scores_the_same_on_another_server_so_its_results_can_be_reused(served_base, launcher):

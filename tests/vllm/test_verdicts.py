@@ -1,7 +1,8 @@
 """The gates find each zoo variant's truth through real vLLM on CPU, against `base` as champion.
 
-`base` is served once for the module (core 0); each candidate is served in turn (core 1) and
-evaluated through `fledge.services.evaluate.evaluate`, the same code `fledge eval` and the release flow
+The champion is the session's served `base` (`served_base` in tests/vllm/conftest.py, the
+version `zoo-base/1`); each candidate is registered beside it, served in turn and evaluated
+through `fledge.services.evaluate.evaluate`, the same code `fledge eval` and the release flow
 run, with the default policy. Every evaluation is logged to the session's MLflow.
 """
 
@@ -20,12 +21,12 @@ from fledge.services.context import Workspace
 
 pytestmark = [pytest.mark.vllm, pytest.mark.zoo, pytest.mark.e2e]
 
-MODEL = "verdict-zoo"
+MODEL = "zoo-base"  # the registered model of the session's served `base`
 POLICY = load_policy()
 
 
 @pytest.fixture(scope="module")
-def versions(zoo, registry):
+def versions(zoo, registry, served_base):
     refs = {}
     for variant in ("base", "improved", "unsafe", "degraded", "slow"):
         version, _ = registry.register_once(zoo[variant].path, MODEL, description=zoo[variant].truth)
@@ -40,12 +41,10 @@ def home(session_home):
 
 
 @pytest.fixture(scope="module")
-def champion(versions, registry, launcher, home):
-    model_dir = registry.materialize(versions["base"], home.checkpoints)
+def champion(versions, served_base):
     # Unpinned, like `evaluate` when it compares speed (see fledge.services.evaluate.core_plan).
-    handle = launcher.start(server_config(POLICY.serving, model_dir, versions["base"], None))
-    yield Endpoint(handle.base_url, versions["base"])
-    handle.stop()
+    assert served_base.ref == versions["base"] and served_base.handle.config.cpu_cores is None
+    return Endpoint(served_base.handle.base_url, served_base.ref)
 
 
 def evaluate_served(variant, suites, versions, registry, launcher, home, champion):
