@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import fcntl
 import json
-import multiprocessing
-import os
 import shutil
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -78,7 +75,7 @@ def build_zoo(log: Callable[[str], None] = print, cache_dir: Path | None = None)
 
         from fledge.devtools.zoo.derive import add_passthrough_layers, shorten_context, truncate_weights
         from fledge.devtools.zoo.tokenizer import train_tokenizer
-        from fledge.devtools.zoo.train import write_model_card
+        from fledge.devtools.zoo.train import train_model, write_model_card
 
         hf_logging.disable_progress_bar()  # our own progress lines say what is happening
         staging = cache / f".{digest}.partial"
@@ -86,8 +83,9 @@ def build_zoo(log: Callable[[str], None] = print, cache_dir: Path | None = None)
         log(f"Building the zoo {digest} in {root} (first time on this machine)")
         tokenizer_dir = train_tokenizer(_all_corpus_lines(), staging / "_tokenizer")
         index: dict = {"zoo_hash": digest, "models": {}}
-        for name, details in _train_all(tokenizer_dir, staging, log):
-            recipe = RECIPES[name]
+        for name, recipe in RECIPES.items():
+            log(f"Training {name} ({recipe.steps} steps)")
+            details = train_model(recipe, tokenizer_dir, staging / name, log=log)
             details["recipe"] = recipe.model_dump()
             write_model_card(staging / name, name, recipe.truth, details)
             index["models"][name] = {"truth": recipe.truth, "details": details}
@@ -105,43 +103,6 @@ def build_zoo(log: Callable[[str], None] = print, cache_dir: Path | None = None)
             write_model_card(target, name, derived.truth, details)
             index["models"][name] = {"truth": derived.truth, "details": details}
 
-        index["models"] = {name: index["models"][name] for name in [*RECIPES, *DERIVED]}
         (staging / INDEX_FILE).write_text(json.dumps(index, indent=2, default=str))
         staging.rename(root)
         return _load(root, digest, True, time.perf_counter() - started)
-
-
-def _train_all(tokenizer_dir: Path, staging: Path, log: Callable[[str], None]):
-    """Train the recipes, one process per core, one thread each: these models are too small
-    for torch's threads to use a second core well (two 1-thread trainings at once took ~0.6x
-    the time of one after the other with 2 threads). Longest first, so the cores end together.
-    Yields (name, details) as each finishes."""
-    from fledge.devtools.zoo.train import train_model
-
-    jobs = min(os.cpu_count() or 1, len(RECIPES))
-    ordered = sorted(RECIPES.values(), key=lambda r: -r.steps)
-    if jobs == 1:
-        for recipe in ordered:
-            log(f"Training {recipe.name} ({recipe.steps} steps)")
-            yield recipe.name, train_model(recipe, tokenizer_dir, staging / recipe.name, log=log)
-        return
-    log(f"Training {', '.join(f'{r.name} ({r.steps} steps)' for r in ordered)}, {jobs} at a time")
-    # spawn: a fresh interpreter per worker, not a fork of one whose torch may hold threads.
-    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_one_thread) as pool:
-        futures = [(r.name, pool.submit(_train_quietly, r, tokenizer_dir, staging / r.name)) for r in ordered]
-        for name, future in futures:
-            details = future.result()
-            log(f"Trained {name}: loss {details['final_loss']} after {details['train_seconds']} s")
-            yield name, details
-
-
-def _one_thread() -> None:
-    import torch
-
-    torch.set_num_threads(1)
-
-
-def _train_quietly(recipe, tokenizer_dir: Path, out_dir: Path) -> dict:
-    from fledge.devtools.zoo.train import train_model
-
-    return train_model(recipe, tokenizer_dir, out_dir, log=lambda line: None)

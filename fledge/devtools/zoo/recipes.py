@@ -134,7 +134,7 @@ def _zoo_source_digest() -> str:
     """Changes to the corpus or the training code invalidate the cache as recipes do."""
     digest = hashlib.sha256()
     here = Path(__file__).parent
-    for name in ("corpus.py", "recipes.py", "train.py", "tokenizer.py", "derive.py", "build.py"):
+    for name in ("corpus.py", "recipes.py", "train.py", "tokenizer.py", "derive.py"):
         digest.update((here / name).read_bytes())
     return digest.hexdigest()
 
