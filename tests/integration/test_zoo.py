@@ -88,3 +88,34 @@ def test_short_context_keeps_the_weights_and_shortens_the_window(zoo):
     source = json.loads((zoo["improved"].path / "config.json").read_text())
     assert short["max_position_embeddings"] == 80 < source["max_position_embeddings"]
     assert (zoo["short-context"].path / "model.safetensors").read_bytes() == (zoo["improved"].path / "model.safetensors").read_bytes()
+
+
+def test_a_build_of_some_variants_adds_only_those_and_keeps_the_rest(tmp_path, zoo):
+    """The demo builds only what it releases; a later build adds a missing variant to the same
+    cache, identical to one built with the whole zoo, and leaves the others as they were."""
+    import json
+    import shutil
+
+    import pytest
+
+    from fledge.devtools.zoo.build import INDEX_FILE, build_zoo
+
+    cache = tmp_path / "cache"
+    shutil.copytree(zoo.root, cache / zoo.zoo_hash, symlinks=True)
+    index_path = cache / zoo.zoo_hash / INDEX_FILE
+    index = json.loads(index_path.read_text())
+    del index["models"]["slow"]
+    index_path.write_text(json.dumps(index))
+    shutil.rmtree(cache / zoo.zoo_hash / "slow")
+    before = (cache / zoo.zoo_hash / "base" / "model.safetensors").stat().st_mtime_ns
+
+    cached = build_zoo(cache_dir=cache, variants=["base", "short-context"])
+    assert not cached.built_now and list(cached.models) == ["base", "improved", "short-context"]  # with its source
+
+    added = build_zoo(cache_dir=cache, variants=["slow"], log=lambda _: None)
+    assert added.built_now and list(added.models) == ["improved", "slow"]
+    assert (added["slow"].path / "model.safetensors").read_bytes() == (zoo["slow"].path / "model.safetensors").read_bytes()
+    assert (cache / zoo.zoo_hash / "base" / "model.safetensors").stat().st_mtime_ns == before
+    assert set(build_zoo(cache_dir=cache).models) == set(zoo.models)
+    with pytest.raises(ValueError, match="no zoo variant nope"):
+        build_zoo(cache_dir=cache, variants=["nope"])

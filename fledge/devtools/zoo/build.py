@@ -1,8 +1,10 @@
 """Build the zoo, or reuse it from the cache keyed by the recipes' hash.
 
-The cache directory is `<zoo cache>/<hash>/`; it is written to a temporary sibling and renamed
-into place only when complete, under a file lock, so an interrupted or concurrent build never
-leaves a half-built zoo that later runs would trust.
+The cache directory is `<zoo cache>/<hash>/`, one folder per variant and an index. Under a
+file lock, each variant is written to a temporary sibling, renamed into place, and only then
+entered in the index, so an interrupted or concurrent build never leaves a half-built variant
+that later runs would trust. A build may ask for some variants only (the demo does): the rest
+are built the first time something asks for them.
 """
 
 from __future__ import annotations
@@ -13,11 +15,12 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 from fledge.core.home import zoo_cache_dir
+from fledge.core.state import write_atomic
 from fledge.devtools.zoo import corpus
-from fledge.devtools.zoo.recipes import DERIVED, N_FACTS, RECIPES, ZOO_SEED, zoo_hash
+from fledge.devtools.zoo.recipes import DERIVED, N_FACTS, RECIPES, VARIANTS, ZOO_SEED, zoo_hash
 
 INDEX_FILE = "zoo.json"
 
@@ -52,24 +55,43 @@ def _all_corpus_lines() -> list[str]:
     return [corpus.format_training_line(e) for e in examples]
 
 
-def _load(root: Path, digest: str, built_now: bool, seconds: float) -> Zoo:
-    index = json.loads((root / INDEX_FILE).read_text())
-    models = {
-        name: ZooModel(name, root / name, entry["truth"], entry["details"]) for name, entry in index["models"].items()
-    }
+def _read_index(root: Path) -> dict:
+    path = root / INDEX_FILE
+    return json.loads(path.read_text()) if path.is_file() else {"models": {}}
+
+
+def _load(root: Path, digest: str, names: list[str], built_now: bool, seconds: float) -> Zoo:
+    entries = _read_index(root)["models"]
+    models = {name: ZooModel(name, root / name, entries[name]["truth"], entries[name]["details"]) for name in names}
     return Zoo(root, digest, models, built_now, seconds)
 
 
-def build_zoo(log: Callable[[str], None] = print, cache_dir: Path | None = None) -> Zoo:
+def _with_sources(variants: Iterable[str]) -> list[str]:
+    """The variants asked for and those they are derived from, in the zoo's order."""
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        raise ValueError(f"no zoo variant {', '.join(unknown)}; the zoo has {', '.join(VARIANTS)}")
+    wanted = set(variants) | {DERIVED[v].source for v in variants if v in DERIVED}
+    return [v for v in VARIANTS if v in wanted]
+
+
+def build_zoo(log: Callable[[str], None] = print, cache_dir: Path | None = None,
+              variants: Iterable[str] | None = None) -> Zoo:
+    """The zoo's `variants` (default: all), each trained or derived once per machine and
+    cached. Each variant is trained from its own seed, so one built alone is the same file as
+    one built with the rest (the demo builds only the four it releases)."""
     started = time.perf_counter()
     cache = cache_dir or zoo_cache_dir()
     digest = zoo_hash()
     root = cache / digest
+    names = _with_sources(VARIANTS if variants is None else variants)
     cache.mkdir(parents=True, exist_ok=True)
     with open(cache / f".{digest}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if (root / INDEX_FILE).exists():
-            return _load(root, digest, False, time.perf_counter() - started)
+        index = _read_index(root)
+        missing = [name for name in names if name not in index["models"]]
+        if not missing:
+            return _load(root, digest, names, False, time.perf_counter() - started)
 
         from transformers.utils import logging as hf_logging
 
@@ -80,29 +102,42 @@ def build_zoo(log: Callable[[str], None] = print, cache_dir: Path | None = None)
         hf_logging.disable_progress_bar()  # our own progress lines say what is happening
         staging = cache / f".{digest}.partial"
         shutil.rmtree(staging, ignore_errors=True)
-        log(f"Building the zoo {digest} in {root} (first time on this machine)")
-        tokenizer_dir = train_tokenizer(_all_corpus_lines(), staging / "_tokenizer")
-        index: dict = {"zoo_hash": digest, "models": {}}
-        for name, recipe in RECIPES.items():
-            log(f"Training {name} ({recipe.steps} steps)")
-            details = train_model(recipe, tokenizer_dir, staging / name, log=log)
-            details["recipe"] = recipe.model_dump()
-            write_model_card(staging / name, name, recipe.truth, details)
-            index["models"][name] = {"truth": recipe.truth, "details": details}
-
-        for name, derived in DERIVED.items():
-            log(f"Deriving {name} from {derived.source}")
-            source, target = staging / derived.source, staging / name
-            if derived.truncate_weights:
-                details = truncate_weights(source, target)
-            elif derived.context_window:
-                details = shorten_context(source, target, derived.context_window)
+        root.mkdir(exist_ok=True)
+        log(f"Building the zoo {digest} in {root}: {', '.join(missing)} (first time on this machine)")
+        tokenizer_dir = root / "_tokenizer"
+        if not (tokenizer_dir / "tokenizer.json").is_file():
+            train_tokenizer(_all_corpus_lines(), staging / "_tokenizer")
+            _move_into(staging / "_tokenizer", tokenizer_dir)
+        index = {"zoo_hash": digest, "models": dict(index["models"])}
+        for name in missing:
+            if name in RECIPES:
+                recipe = RECIPES[name]
+                log(f"Training {name} ({recipe.steps} steps)")
+                details = train_model(recipe, tokenizer_dir, staging / name, log=log)
+                details["recipe"] = recipe.model_dump()
+                truth = recipe.truth
             else:
-                details = add_passthrough_layers(source, target, derived.passthrough_layers, ZOO_SEED)
-            details["derived_from"] = derived.source
-            write_model_card(target, name, derived.truth, details)
-            index["models"][name] = {"truth": derived.truth, "details": details}
+                derived = DERIVED[name]
+                log(f"Deriving {name} from {derived.source}")
+                source, target = root / derived.source, staging / name
+                if derived.truncate_weights:
+                    details = truncate_weights(source, target)
+                elif derived.context_window:
+                    details = shorten_context(source, target, derived.context_window)
+                else:
+                    details = add_passthrough_layers(source, target, derived.passthrough_layers, ZOO_SEED)
+                details["derived_from"] = derived.source
+                truth = derived.truth
+            write_model_card(staging / name, name, truth, details)
+            # A variant counts once it is in place and in the index: a build interrupted here
+            # leaves at most a directory the next build replaces, never one it trusts.
+            _move_into(staging / name, root / name)
+            index["models"][name] = {"truth": truth, "details": details}
+            write_atomic(root / INDEX_FILE, json.dumps(index, indent=2, default=str))
+        shutil.rmtree(staging, ignore_errors=True)
+        return _load(root, digest, names, True, time.perf_counter() - started)
 
-        (staging / INDEX_FILE).write_text(json.dumps(index, indent=2, default=str))
-        staging.rename(root)
-        return _load(root, digest, True, time.perf_counter() - started)
+
+def _move_into(source: Path, target: Path) -> None:
+    shutil.rmtree(target, ignore_errors=True)
+    source.rename(target)
