@@ -245,7 +245,8 @@ def _run_gates_and_rollout(release: _Release, auto_approve: bool, log) -> tuple[
         release.save()
         registry_steps.tag_run(record.mlflow_run_id, {tags.RUN_RELEASED: record.candidate})
     eval_runs = _evaluate(release, log)
-    if not (policy.canary.baseline_instance or policy.serving.keep_staging_copy):  # else it stays, for the canary or the next release
+    # The champion's baseline instance stays for the canary, or as the staging copy for the next release.
+    if not (policy.canary.baseline_instance or policy.serving.keep_staging_copy):
         serving_steps.stop_instance(record.champion, baseline=True)
     reporting.publish_verdict(release.model, record.mlflow_run_id, release.verdict, eval_runs)
     registry_steps.tag_versions([record.candidate], {tags.TAG_EVAL_VERDICT: release.verdict.outcome.value})

@@ -100,7 +100,8 @@ class Fleet:
         record = InstanceRecord(
             key=key, served_model_name=config.served_model_name, base_url=handle.base_url, pid=handle.pid,
             log_path=str(handle.log_path), model_dir=str(config.model_dir), max_model_len=config.max_model_len,
-            dtype=config.dtype, kv_cache_gib=config.kv_cache_gib, cpu_cores=config.cpu_cores, started_at=time.time(), start_seconds=handle.started_s,
+            dtype=config.dtype, kv_cache_gib=config.kv_cache_gib, cpu_cores=config.cpu_cores, started_at=time.time(),
+            start_seconds=handle.started_s,
         )
         self._handles[key] = handle
         with open(self.files.instance_starts, "a") as starts:  # what serving cost, for reports

