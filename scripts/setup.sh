@@ -26,7 +26,7 @@ if [[ -z "${UV_FIND_LINKS:-}" && -n "${PIP_FIND_LINKS:-}" && -d "${PIP_FIND_LINK
   export UV_FIND_LINKS="${PIP_FIND_LINKS%% *}"
 fi
 uv_pip() { "$venv/bin/uv" pip "$1" --quiet --python "$venv/bin/python" "${@:2}"; }
-echo "setup: installing the stack into $venv (about a minute the first time)"
+echo "setup: installing the stack into $venv (about 2 minutes the first time)"
 # Byte-compiled at install: these machines set PYTHONDONTWRITEBYTECODE, so a module without
 # its .pyc is compiled again at every import (vLLM's imports took 2.4x as long).
 # torch is pinned in the `cpu` extra; the CPU wheel must win over PyPI's CUDA build.
