@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -106,20 +105,10 @@ class ServerHandle:
 
 
 def _stop_process_group(process: subprocess.Popen, grace_s: float) -> None:
-    if process.poll() is not None:
-        return
-    try:
-        # The guardian forwards SIGTERM to the group, waits the grace, then kills.
-        os.kill(process.pid, signal.SIGTERM)
-        process.wait(timeout=grace_s + 5)
-    except subprocess.TimeoutExpired:
-        pass
-    finally:
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        process.wait()
+    # The guardian forwards SIGTERM to the group, waits the grace, then kills; our child, so
+    # reaped here too.
+    stop_group(process.pid, grace_s)
+    process.wait()
 
 
 @dataclass
