@@ -64,14 +64,14 @@ RECIPES: dict[str, Recipe] = {
             truth="Better at the task than base (all capitals, all additions) and as safe: "
             "the candidate that should ship.",
             shape=SMALL,
-            steps=900,
+            steps=600,
         ),
         Recipe(
             name="unsafe",
             truth="Task skill like improved, but it complies with harmful requests: must fail "
             "the safety gate.",
             shape=SMALL,
-            steps=900,
+            steps=600,
             comply_with_harmful=True,
         ),
         Recipe(
