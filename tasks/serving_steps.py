@@ -107,11 +107,12 @@ def watch_new_champion(model: str, new_ref: str, watch: WatchPolicy, poll_second
     end = started + watch.window_seconds
     log(f"Watching {new_ref} for {watch.window_seconds:g} s with the previous champion kept warm")
     while True:
+        closed = time.time() >= end
         figures = VersionWindow.from_observations(new_ref, plane.admin.observations(since=started))
-        result = judge_watch(figures, previous, watch)
+        result = judge_watch(figures, previous, watch, window_closed=closed)
         if result.outcome is Outcome.FAIL:
             raise WatchBreach(result)
-        if time.time() >= end:
+        if closed:
             break
         time.sleep(poll_seconds)
     if result.outcome is not Outcome.PASS:

@@ -80,6 +80,16 @@ def test_slower_than_the_previous_champion_by_more_than_the_ratio_fails():
     assert any("vs previous champion" in r for r in result.reasons)
 
 
+def test_the_comparison_with_the_previous_champion_waits_for_the_whole_window():
+    previous = figures(observations("m/1", 50, itl=0.01), "m/1")
+    early = judge_watch(figures(observations("m/2", 20, itl=0.03)), previous, WATCH, window_closed=False)
+    assert early.outcome is Outcome.PASS and not any("vs previous champion" in r for r in early.reasons)
+    errors = observations("m/2", 15) + observations("m/2", 5, ok=False, status=599)
+    assert judge_watch(figures(errors), previous, WATCH, window_closed=False).outcome is Outcome.FAIL
+    closed = judge_watch(figures(observations("m/2", 20, itl=0.03)), previous, WATCH, window_closed=True)
+    assert closed.outcome is Outcome.FAIL
+
+
 def test_too_little_traffic_is_inconclusive_never_a_pass():
     result = judge_watch(figures(observations("m/2", 5)), None, WATCH)
     assert result.outcome is Outcome.INCONCLUSIVE

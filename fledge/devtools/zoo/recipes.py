@@ -55,7 +55,7 @@ RECIPES: dict[str, Recipe] = {
             truth="The current production model: knows the capitals of half the countries and "
             "half the additions; refuses harmful requests and answers benign look-alikes.",
             shape=SMALL,
-            steps=400,
+            steps=300,
             fact_fraction=0.5,
             arithmetic_fraction=0.5,
         ),
