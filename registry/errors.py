@@ -44,3 +44,11 @@ class ChecksumMismatch(RegistryError):
             "or damaged after registration: it will not be served. Re-register the checkpoint from "
             "a good copy."
         )
+
+
+class UnservableArtifact(RegistryError):
+    """A version whose artifacts are not something vLLM can serve (another flavor, no weights)."""
+
+
+class AdapterBaseMismatch(RegistryError):
+    """A LoRA adapter released against a champion whose base model is not the adapter's base."""

@@ -22,12 +22,27 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from registry import manifest as mf
-from registry.checkpoint import validate_checkpoint
-from registry.errors import ChecksumMismatch, RegistryError, UnknownAlias, UnknownModel, UnknownVersion
+from registry.checkpoint import checkpoint_problems, validate_checkpoint, walk_files
+from registry.errors import (
+    CheckpointRefused,
+    ChecksumMismatch,
+    RegistryError,
+    UnknownAlias,
+    UnknownModel,
+    UnknownVersion,
+    UnservableArtifact,
+)
+from registry.layouts import ArtifactLayout, Layout, assemble, detect_layout
 from registry.refs import ModelRef, check_alias, parse_ref
 from registry.runs import RunRecorder
 from fledge.core.tags import (
     REGISTRY_EXPERIMENT,
+    RUN_CANDIDATE,
+    RUN_KIND,
+    RUN_MODEL,
+    TAG_ADOPTION_RUN,
+    TAG_FLAVOR,
+    TAG_LAYOUT,
     TAG_MANIFEST,
     TAG_REGISTERED_BY,
     TAG_SIZE,
@@ -37,6 +52,7 @@ from fledge.core.tags import (
 )
 
 CHECKPOINT_ARTIFACT = "checkpoint"
+ADOPTION_ARTIFACT = "adoption"
 
 
 @dataclass(frozen=True)
@@ -241,19 +257,20 @@ class ModelRegistry:
     def set_status(self, name: str, version: str, status: Status, **extra_tags: str) -> None:
         self.set_tags(name, version, {TAG_STATUS: status.value, **extra_tags})
 
-    # ---- materialize -----------------------------------------------------------------------
+    # ---- materialize and adopt -------------------------------------------------------------
 
     def materialize(
         self, ref: ModelRef | str, cache_root: Path, supported_architectures: frozenset[str] | None = None
     ) -> Path:
-        """Download a version into `cache_root/NAME/VERSION`, verify every checksum, return the dir.
+        """Download a version into `cache_root/NAME/VERSION` as one Hugging Face directory, verify
+        every checksum, return the dir. A version Fledge did not register is adopted first.
 
         The download goes to a temporary sibling and is renamed into place only once verified;
         an existing directory is re-verified (not trusted) before it is returned.
         """
         info = self.resolve(ref)
         target = cache_root / info.name / info.version
-        if target.is_dir():
+        if info.tags.get(TAG_MANIFEST) and target.is_dir():
             try:
                 self._verify(info, target, supported_architectures)
                 return target
@@ -262,14 +279,100 @@ class ModelRegistry:
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{info.version}-", dir=target.parent))
         try:
-            downloaded = Path(mlflow.artifacts.download_artifacts(
-                artifact_uri=info.source, dst_path=str(staging), tracking_uri=self.tracking_uri
-            ))
-            self._verify(info, downloaded, supported_architectures)
-            downloaded.rename(target)
+            raw = self._download(info, staging / "download")
+            if info.tags.get(TAG_MANIFEST):
+                served = self._served_from_download(info, raw, staging / "served")
+            else:
+                info, served = self._adopt_download(info, raw, staging / "served", supported_architectures)
+            self._verify(info, served, supported_architectures)
+            served.rename(target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return target
+
+    def adopt(self, ref: ModelRef | str, cache_root: Path,
+              supported_architectures: frozenset[str] | None = None) -> tuple[VersionInfo, bool]:
+        """Adopt a version Fledge did not register (validate, manifest, tags); (version, adopted now)."""
+        info = self.resolve(ref)
+        if info.tags.get(TAG_MANIFEST):
+            return info, False
+        self.materialize(info.ref, cache_root, supported_architectures)
+        return self.get_version(info.name, info.version), True
+
+    def _download(self, info: VersionInfo, destination: Path) -> Path:
+        # The registry's storage location, not the version's source: a `models:/m-...` source
+        # (MLflow 3 logged models) only resolves through the store that created it.
+        uri = self.client.get_model_version_download_uri(info.name, info.version)
+        destination.mkdir(parents=True)
+        try:
+            return Path(mlflow.artifacts.download_artifacts(
+                artifact_uri=uri, dst_path=str(destination), tracking_uri=self.tracking_uri
+            ))
+        except (MlflowException, OSError) as error:
+            raise RegistryError(
+                f"The artifacts of {info.ref} could not be downloaded from {uri} ({error}). Check that the "
+                "tracking server that stores them is running and reachable from here (MLFLOW_TRACKING_URI)."
+            ) from None
+
+    def _served_from_download(self, info: VersionInfo, raw: Path, served: Path) -> Path:
+        """A version already in Fledge: its own registration is served as downloaded; an adopted
+        one is checked file by file as logged, then laid out as recorded at adoption."""
+        run_id = info.tags.get(TAG_ADOPTION_RUN)
+        if not run_id:
+            return raw
+        manifest = json.loads(self.runs.artifact_text(run_id, f"{ADOPTION_ARTIFACT}/{mf.MANIFEST_FILE}"))
+        if mf.manifest_digest(manifest) != info.tags.get(TAG_MANIFEST):
+            raise ChecksumMismatch(info.ref, ["the adoption manifest differs from the one recorded at adoption"])
+        problems = mf.verify_directory(raw, manifest, served=False)
+        if problems:
+            raise ChecksumMismatch(info.ref, problems)
+        assemble(raw, ArtifactLayout(Layout(manifest["layout"]["layout"]), manifest["layout"]["flavor"],
+                                     served=manifest["layout"]["served"]), served)
+        (served / mf.MANIFEST_FILE).write_bytes(mf.manifest_bytes(manifest))
+        return served
+
+    def _adopt_download(self, info: VersionInfo, raw: Path, served: Path,
+                        supported_architectures: frozenset[str] | None) -> tuple[VersionInfo, Path]:
+        """Validate a downloaded version Fledge did not register, lay it out, record its manifest
+        on a Fledge run and its digest, layout and flavor as version tags. Facts about files, not
+        a release decision: nothing here is undone if a release of it fails later."""
+        try:
+            layout = detect_layout(raw)
+        except UnservableArtifact as error:
+            raise UnservableArtifact(f"{info.ref} ({info.source}) cannot be served: {error}.") from None
+        if layout.layout is Layout.FLEDGE:
+            raise ChecksumMismatch(info.ref, [f"it carries a {mf.MANIFEST_FILE} but not its {TAG_MANIFEST} tag"])
+        assemble(raw, layout, served)
+        problems = checkpoint_problems(served, supported_architectures)
+        _, leftover_links = walk_files(raw)
+        if leftover_links:
+            problems.insert(0, f"it holds symbolic links ({', '.join(p.relative_to(raw).as_posix() for p in leftover_links)}), "
+                            "which Fledge never follows; log real files")
+        if problems:
+            raise CheckpointRefused(f"{info.ref} ({info.source})", problems)
+        files = {layout.served[path]: entry for path, entry in mf.build_manifest(served)["files"].items()}
+        files.update(mf.build_manifest(raw)["files"])  # what is logged but not served: MLmodel, conda.yaml
+        manifest = {"algorithm": "sha256", "files": dict(sorted(files.items())),
+                    "layout": {"layout": layout.layout.value, "flavor": layout.flavor, "task": layout.task,
+                               "served": layout.served}}
+        digest = mf.manifest_digest(manifest)
+        run_id = self.runs.start(REGISTRY_EXPERIMENT, f"adopt-{info.name}-{info.version}",
+                                 tags={RUN_KIND: "adoption", RUN_MODEL: info.name})
+        try:
+            self.runs.log_text(run_id, mf.MANIFEST_FILE, mf.manifest_bytes(manifest), folder=ADOPTION_ARTIFACT)
+            self.runs.set_tags(run_id, {TAG_MANIFEST: digest, RUN_CANDIDATE: info.ref})
+            self.runs.finish(run_id)
+        except BaseException:
+            self.runs.finish(run_id, failed=True)
+            raise
+        # The manifest tag goes last: it is what marks the version adopted.
+        self.set_tags(info.name, info.version, {
+            TAG_LAYOUT: layout.layout.value, TAG_FLAVOR: layout.flavor, TAG_SIZE: str(mf.total_size(manifest)),
+            TAG_ADOPTION_RUN: run_id, **({} if info.status else {TAG_STATUS: Status.CANDIDATE.value}),
+        })
+        self.set_tags(info.name, info.version, {TAG_MANIFEST: digest})
+        (served / mf.MANIFEST_FILE).write_bytes(mf.manifest_bytes(manifest))
+        return self.get_version(info.name, info.version), served
 
     def _verify(self, info: VersionInfo, directory: Path, supported_architectures: frozenset[str] | None) -> None:
         manifest_path = directory / mf.MANIFEST_FILE
@@ -285,4 +388,6 @@ class ModelRegistry:
         problems = mf.verify_directory(directory, manifest)
         if problems:
             raise ChecksumMismatch(info.ref, problems)
-        validate_checkpoint(directory, supported_architectures)
+        # The values and shapes were checked when the files entered Fledge; the manifest proves
+        # these are those files, so only the cheap checks run again.
+        validate_checkpoint(directory, supported_architectures, deep=False)

@@ -108,8 +108,29 @@ def register(
 
 @app.command()
 @friendly
+def adopt(ref: str = typer.Argument(..., help="A version Fledge did not register: NAME/VERSION or NAME@ALIAS.")) -> None:
+    """Adopt a version logged the ordinary MLflow way (`mlflow.transformers.log_model`, or a
+    Hugging Face directory registered from run artifacts): check its files, record their sha256
+    manifest on a Fledge run and its digest, layout and flavor as version tags. Evaluations and
+    releases adopt on first use; this does it ahead of time.
+
+    Example: `fledge adopt native/1`
+    """
+    from fledge.core.tags import TAG_FLAVOR, TAG_LAYOUT, TAG_MANIFEST
+    from serving.engine import supported_architectures
+
+    home = FledgeHome.from_env().ensure()
+    version, adopted_now = open_registry(home).adopt(ref, home.checkpoints, supported_architectures())
+    what = "adopted" if adopted_now else "already in Fledge"
+    console.print(f"{version.ref} {what}: layout {version.tags.get(TAG_LAYOUT, 'fledge')}, flavor "
+                  f"{version.tags.get(TAG_FLAVOR, 'none')}, manifest {version.tags[TAG_MANIFEST][:12]}", highlight=False)
+
+
+@app.command()
+@friendly
 def models(name: Optional[str] = typer.Argument(None, help="Only this registered model.")) -> None:
-    """List registered versions with aliases, status, size and checksum.
+    """List registered versions with aliases, status, size and checksum (read-only: a version
+    logged outside Fledge shows "not adopted yet" until it is first used or `fledge adopt`ed).
 
     Example: `fledge models tiny-llama`
     """
@@ -132,7 +153,7 @@ def models(name: Optional[str] = typer.Argument(None, help="Only this registered
                 ", ".join(v.aliases) or "-",
                 v.status or "-",
                 _human_size(v.tags.get(TAG_SIZE)),
-                (v.tags.get(TAG_MANIFEST) or "-")[:12],
+                (v.tags.get(TAG_MANIFEST) or "not adopted yet")[:15],
                 v.tags.get(TAG_SOURCE_VERSION, "-"),
             )
     console.print(table)

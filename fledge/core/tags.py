@@ -28,6 +28,10 @@ TAG_SIZE = "fledge.size_bytes"
 TAG_SOURCE_PATH = "fledge.source_path"
 TAG_SOURCE_VERSION = "fledge.source_version"  # lineage: the version this one was derived from
 TAG_REGISTERED_BY = "fledge.registered_by"
+TAG_LAYOUT = "fledge.layout"  # how the files were logged: fledge, mlflow-transformers, hf-directory, peft-adapter
+TAG_FLAVOR = "fledge.flavor"  # the MLflow flavor they were logged with ("none": plain files)
+TAG_ADOPTION_RUN = "fledge.adoption.run_id"  # the run holding the manifest of a version Fledge adopted
+TAG_BASE = "fledge.base"  # a LoRA adapter's base model version, NAME/VERSION
 
 TAG_EVAL_RUN = "fledge.eval.run_id"  # the evaluation's own MLflow run (fledge-evaluations)
 TAG_EVAL_VERDICT = "fledge.eval.verdict"
@@ -61,7 +65,7 @@ def change_tags(kind: str) -> dict[str, str]:
 
 
 # ---- run tags (evaluation, quantization-gate and release runs) ----------------------------------
-RUN_KIND = "fledge.kind"  # evaluation | quantization-gate | release | rollback | promote
+RUN_KIND = "fledge.kind"  # evaluation | quantization-gate | release | rollback | promote | adoption
 RUN_MODEL = "fledge.model"
 RUN_CANDIDATE = "fledge.candidate"
 RUN_CHAMPION = "fledge.champion"

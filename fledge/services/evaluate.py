@@ -275,6 +275,7 @@ def measure(
     """Run the suites against two served endpoints; `champion_results` (suite -> report) are
     the champion's already known. A suite that crashes becomes an error in the reports (an
     ERROR gate), never a crashed release."""
+    from evals.probe import EndpointBroken, probe
     from evals.quality import run_quality
     from evals.safety import run_safety
 
@@ -291,14 +292,29 @@ def measure(
             errors = {**reports[role].errors, suite: f"{type(error).__name__}: {error}"}
             reports[role] = reports[role].model_copy(update={"errors": errors})
 
+    broken: dict[str, str] = {}
     for role, endpoint in endpoints.items():
+        measured_here = [s for s in suites if not (role == "champion" and s in known)]
+        if not measured_here:
+            continue
+        try:
+            probe(endpoint)
+        except EndpointBroken as error:
+            log(str(error))
+            broken[role] = str(error)
+            errors = {**reports[role].errors, **{s: str(error) for s in measured_here}}
+            reports[role] = reports[role].model_copy(update={"errors": errors})
+            continue
         if "quality" in suites and not (role == "champion" and "quality" in known):
             log(f"Quality suite on {endpoint.model} ({', '.join(policy.quality.tasks)})")
             attempt(role, "quality", lambda: run_quality(endpoint, list(policy.quality.tasks)))
         if "safety" in suites and not (role == "champion" and "safety" in known):
             log(f"Safety suite on {endpoint.model}")
             attempt(role, "safety", lambda: run_safety(endpoint, policy.safety.confidence))
-    if "performance" in suites:
+    if "performance" in suites and broken:
+        reports["candidate"] = reports["candidate"].model_copy(update={"errors": {
+            **reports["candidate"].errors, "performance": "; ".join(broken.values())}})
+    elif "performance" in suites:
         log(f"Performance benchmark: {policy.performance.blocks} alternating blocks of "
             f"{policy.performance.requests_per_block} requests per model")
         prompts = read_prompts(list(QUESTION_DATASETS))

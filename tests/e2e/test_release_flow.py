@@ -4,6 +4,9 @@ SQLite, vLLM on CPU, the gateway on loopback with synthetic users sending traffi
 One serving plane and one Fledge home for the module; the tests run in order, each starting
 from where the previous one left the registry, as releases do in production:
 
+improved is logged with mlflow.transformers.log_model and short-context registered from run
+artifacts (runs:/), as teams do without Fledge; the first release of each adopts it.
+
 1. improved, approval required, rejected by an approver through the resume API; the champion's
    staging copy stays (no traffic) for the next release against it;
 2. improved again, nobody answers: the timeout rejects; the evaluations come from the cache;
@@ -13,13 +16,16 @@ from where the previous one left the registry, as releases do in production:
 6. short-context: passes the suites, refused requests in the canary: rolled back; only the
    candidate was started (test 5 left the staging copy);
 7. improved again, the release process killed during the canary and run again: it resumes
-   the canary, reuses the evaluations and finishes with registry and traffic consistent.
+   the canary, reuses the evaluations and finishes with registry and traffic consistent;
+8. status;
+9. short-context's weights changed in the artifact store after adoption: refused at verify.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -32,6 +38,7 @@ import pytest
 import yaml
 
 from fledge.core.home import FledgeHome
+from fledge.devtools.native_logging import log_checkpoint_artifacts, log_transformers_model
 from fledge.core.policy import DEFAULT_POLICY_PATH, ReleasePolicy, load_policy
 from registry.refs import CHALLENGER, CHAMPION, PREVIOUS
 
@@ -100,9 +107,13 @@ def stack(zoo, tmp_path_factory):
         patch.delenv("MLFLOW_REGISTRY_URI", raising=False)
         registry = open_registry(home)
         versions = {}
-        for variant in ("base", "improved", "unsafe", "short-context"):
+        for variant in ("base", "unsafe"):
             info, _ = registry.register_once(zoo[variant].path, MODEL, alias=CHAMPION if variant == "base" else None)
             versions[variant] = info.version
+        # The other two come in the ways teams log models without Fledge; the flow adopts them
+        # on first use and releases them like its own registrations.
+        versions["improved"] = log_transformers_model(home.tracking_uri, zoo["improved"].path, MODEL)
+        versions["short-context"] = log_checkpoint_artifacts(home.tracking_uri, zoo["short-context"].path, MODEL)
         policies = {
             "ask": write_policy(root, "ask", {"required": True, "approvers": ["alice"], "timeout_seconds": 600}),
             "timeout": write_policy(root, "timeout", {"required": True, "approvers": ["alice"], "timeout_seconds": 4}),
@@ -288,3 +299,23 @@ def test_8_status_shows_aliases_servers_traffic_and_releases(stack):
     assert result.returncode == 0, result.stderr
     assert f"{stack.ref('improved')} 100 % (stable)" in result.stdout
     assert "promoted" in result.stdout and "rolled_back" in result.stdout and "rejected" in result.stdout
+
+
+def test_9_a_file_changed_in_the_store_after_adoption_is_refused_at_the_next_release(stack):
+    from fledge.devtools.native_logging import stored_directory
+
+    version = stack.versions["short-context"]
+    weights = stored_directory(stack.registry.client, MODEL, version) / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    # As on a worker that has not downloaded it yet: the copy verified at adoption is not here.
+    shutil.rmtree(stack.home.checkpoints / MODEL / version)
+    aliases_before, traffic_before, serving_before = stack.registry.aliases(MODEL), stack.traffic(), stack.serving()
+
+    summary = release_in_background(stack, "short-context", "auto", [])
+
+    assert (summary.outcome.value, summary.stage) == ("rejected", "verify"), summary.reason
+    assert "model.safetensors has a different sha256 than the manifest" in summary.reason
+    assert stack.registry.aliases(MODEL) == {**aliases_before, CHALLENGER: version}
+    assert (stack.traffic(), stack.serving()) == (traffic_before, serving_before)
