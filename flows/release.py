@@ -174,9 +174,10 @@ def _canary_promote_watch(release: _Release) -> RolloutState:
         instances = serving_steps.serve_candidate(release.model, record.candidate, record.champion, policy.serving,
                                              policy.canary.baseline_instance)
     registry_steps.record_status(record.candidate, Status.CANARY)
+    judged = policy.for_adapter() if instances.adapter else policy  # an adapter's latency limit is LoRA's own
     with transaction():
         with clock("canary"):
-            state = serving_steps.run_canary(release.model, record.champion, record.candidate, instances, policy.canary,
+            state = serving_steps.run_canary(release.model, record.champion, record.candidate, instances, judged.canary,
                                              record.snapshot.routes)
         reporting.publish_canary(release.model, record.mlflow_run_id, state)
         if state.phase is Phase.ROLLED_BACK:
@@ -188,7 +189,7 @@ def _canary_promote_watch(release: _Release) -> RolloutState:
             previous = serving_steps.stable_figures(release.model, record.champion, since=state.history[0].at)
         with clock("watch"):
             try:
-                serving_steps.watch_new_champion(release.model, record.candidate, policy.watch,
+                serving_steps.watch_new_champion(release.model, record.candidate, judged.watch,
                                                  policy.canary.analysis_interval_seconds, previous)
             except serving_steps.WatchBreach as breach:
                 raise _Ended(ReleaseOutcome.ROLLED_BACK, "watch", str(breach)) from None

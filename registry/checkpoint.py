@@ -13,6 +13,7 @@ import json
 import os
 from pathlib import Path
 
+from registry.adapters import adapter_problems, is_adapter
 from registry.config_shapes import shape_problems, vocabulary_problem
 from registry.errors import CheckpointRefused
 from registry.safetensors_file import MalformedSafetensors, TensorEntry, non_finite_tensors, read_header
@@ -128,13 +129,17 @@ def _tokenizer_problems(directory: Path) -> list[str]:
 
 
 def checkpoint_problems(
-    directory: Path, supported_architectures: frozenset[str] | None, *, deep: bool = True
+    directory: Path, supported_architectures: frozenset[str] | None, *, deep: bool = True,
+    base_shapes: dict[str, tuple[int, ...]] | None = None,
 ) -> list[str]:
-    """Every reason the directory will not be served, at once (empty: servable)."""
+    """Every reason the directory will not be served, at once (empty: servable). A LoRA adapter
+    is checked as one (`base_shapes`: its base model's parameter shapes, where known)."""
     if not directory.is_dir() or directory.is_symlink():
         return [f"{directory} is not a directory (pass a Hugging Face checkpoint directory)"]
     files, links = walk_files(directory)
     problems = _file_kind_problems(directory, files, links)
+    if is_adapter(directory):
+        return problems + adapter_problems(directory, files, base_shapes, deep=deep)
     weights = [p for p in files if p.suffix.lower() == WEIGHT_SUFFIX]
     if not weights and not any(p.suffix.lower() in PICKLE_SUFFIXES | {WEIGHT_SUFFIX} for p in [*files, *links]):
         problems.append("it holds no *.safetensors weight file")
@@ -170,8 +175,9 @@ def checkpoint_problems(
 
 
 def validate_checkpoint(
-    directory: Path, supported_architectures: frozenset[str] | None = None, *, deep: bool = True
+    directory: Path, supported_architectures: frozenset[str] | None = None, *, deep: bool = True,
+    base_shapes: dict[str, tuple[int, ...]] | None = None,
 ) -> None:
-    problems = checkpoint_problems(directory, supported_architectures, deep=deep)
+    problems = checkpoint_problems(directory, supported_architectures, deep=deep, base_shapes=base_shapes)
     if problems:
         raise CheckpointRefused(directory, problems)

@@ -15,7 +15,7 @@ from registry.safetensors_file import TensorEntry
 _SHOWN = 3
 
 
-def _expected_shapes(directory: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, set[str]], str]:
+def expected_shapes(directory: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, set[str]], str]:
     """Parameter and buffer shapes of the model config.json describes; the names that share one
     tensor (tied embeddings); the architecture's prefix for its base model."""
     import torch
@@ -43,7 +43,7 @@ def shape_problems(directory: Path, tensors: dict[str, tuple[str, TensorEntry]])
         # A quantizer lays weights out its own way (packed ints, scales): vLLM's loader checks them.
         return []
     try:
-        expected, aliases, prefix = _expected_shapes(directory)
+        expected, aliases, prefix = expected_shapes(directory)
     except Exception as error:  # noqa: BLE001 - transformers raises many kinds for a bad config
         return [f"config.json does not describe a model transformers can build ({type(error).__name__}: {error})"]
 

@@ -22,6 +22,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from registry import manifest as mf
+from registry.adapters import is_adapter
 from registry.checkpoint import checkpoint_problems, validate_checkpoint, walk_files
 from registry.errors import (
     CheckpointRefused,
@@ -41,6 +42,7 @@ from fledge.core.tags import (
     RUN_KIND,
     RUN_MODEL,
     TAG_ADOPTION_RUN,
+    TAG_BASE,
     TAG_FLAVOR,
     TAG_LAYOUT,
     TAG_MANIFEST,
@@ -172,12 +174,22 @@ class ModelRegistry:
         description: str | None = None,
         tags: dict[str, str] | None = None,
         supported_architectures: frozenset[str] | None = None,
+        base: str | None = None,
     ) -> VersionInfo:
-        """Register a checkpoint directory as a new version. Refuses before writing anything."""
+        """Register a checkpoint directory (or a LoRA adapter on `base`, NAME/VERSION) as a new
+        version. Refuses before writing anything."""
         path = Path(path).resolve()
         if alias is not None:
             check_alias(alias)
-        validate_checkpoint(path, supported_architectures)
+        adapter_tags: dict[str, str] = {}
+        if is_adapter(path):
+            base_info = self._adapter_base(path, base)
+            validate_checkpoint(path, supported_architectures, base_shapes=self._parameter_shapes(base_info))
+            adapter_tags = {TAG_BASE: base_info.ref, TAG_LAYOUT: Layout.PEFT_ADAPTER.value}
+        elif base is not None:
+            raise CheckpointRefused(path, [f"--base is for LoRA adapters, and {path} has no adapter_config.json"])
+        else:
+            validate_checkpoint(path, supported_architectures)
         manifest = mf.build_manifest(path)
         digest = mf.manifest_digest(manifest)
 
@@ -202,6 +214,7 @@ class ModelRegistry:
                 TAG_SIZE: str(mf.total_size(manifest)),
                 TAG_SOURCE_PATH: str(path),
                 TAG_REGISTERED_BY: getpass.getuser(),
+                **adapter_tags,
                 **(tags or {}),
             }
             mv = self.client.create_model_version(
@@ -218,6 +231,36 @@ class ModelRegistry:
         if alias is not None:
             self.client.set_registered_model_alias(name, alias, mv.version)
         return self.get_version(name, str(mv.version))
+
+    def _adapter_base(self, path: Path, base: str | None) -> VersionInfo:
+        if base is None:
+            raise CheckpointRefused(path, ["it is a LoRA adapter: name the base model version it was trained on "
+                                           "with --base NAME/VERSION"])
+        info = self.resolve(base)
+        if info.tags.get(TAG_BASE):
+            raise CheckpointRefused(path, [f"its base {info.ref} is itself an adapter (on {info.tags[TAG_BASE]}); "
+                                           "name the full model it was trained on"])
+        if not info.tags.get(TAG_MANIFEST):
+            raise CheckpointRefused(path, [f"its base {info.ref} is not in Fledge yet; adopt it first "
+                                           f"(`fledge adopt {info.ref}`)"])
+        return info
+
+    def _parameter_shapes(self, info: VersionInfo) -> dict[str, tuple[int, ...]]:
+        """A full model version's parameter shapes, from its config.json alone (meta device)."""
+        from registry.config_shapes import expected_shapes
+
+        config_path = "config.json"
+        if info.tags.get(TAG_ADOPTION_RUN):
+            manifest = json.loads(self.runs.artifact_text(info.tags[TAG_ADOPTION_RUN], f"{ADOPTION_ARTIFACT}/{mf.MANIFEST_FILE}"))
+            config_path = manifest["layout"]["served"].get("config.json", config_path)
+        uri = self.client.get_model_version_download_uri(info.name, info.version)
+        with tempfile.TemporaryDirectory() as tmp:
+            downloaded = Path(mlflow.artifacts.download_artifacts(
+                artifact_uri=f"{uri.rstrip('/')}/{config_path}", dst_path=tmp, tracking_uri=self.tracking_uri))
+            config_dir = Path(tmp) / "config"
+            config_dir.mkdir()
+            downloaded.rename(config_dir / "config.json")
+            return expected_shapes(config_dir)[0]
 
     def find_by_manifest(self, name: str, digest: str) -> VersionInfo | None:
         """The existing version of `name` with exactly these files, if any (re-registration)."""
@@ -343,7 +386,15 @@ class ModelRegistry:
         if layout.layout is Layout.FLEDGE:
             raise ChecksumMismatch(info.ref, [f"it carries a {mf.MANIFEST_FILE} but not its {TAG_MANIFEST} tag"])
         assemble(raw, layout, served)
-        problems = checkpoint_problems(served, supported_architectures)
+        base_shapes = None
+        if layout.is_adapter:  # its base comes from a version tag the team sets: fledge.base=NAME/VERSION
+            if not info.tags.get(TAG_BASE):
+                raise CheckpointRefused(f"{info.ref} ({info.source})", [
+                    f"it is a LoRA adapter: set the version tag {TAG_BASE} to the base model version it was "
+                    f"trained on (MlflowClient().set_model_version_tag('{info.name}', '{info.version}', "
+                    f"'{TAG_BASE}', 'NAME/VERSION'))"])
+            base_shapes = self._parameter_shapes(self._adapter_base(served, info.tags[TAG_BASE]))
+        problems = checkpoint_problems(served, supported_architectures, base_shapes=base_shapes)
         _, leftover_links = walk_files(raw)
         if leftover_links:
             problems.insert(0, f"it holds symbolic links ({', '.join(p.relative_to(raw).as_posix() for p in leftover_links)}), "

@@ -26,6 +26,11 @@ class ServerConfig(BaseModel):
     seed: int = 0
     startup_timeout_s: float = Field(300.0, gt=0)
     stop_grace_s: float = Field(20.0, ge=0)
+    enable_lora: bool = Field(False, description="Serve LoRA adapters loaded at run time (/v1/load_lora_adapter).")
+    max_lora_rank: int = Field(16, ge=1)
+    max_loras: int = Field(2, ge=1)
+    lora_target_modules: list[str] | None = Field(
+        None, description="vLLM's --lora-target-modules: the layers adapters may change (None: every one vLLM supports).")
     extra_args: list[str] = Field(default_factory=list)
 
 
@@ -45,4 +50,21 @@ def vllm_server_args(config: ServerConfig, model_path: str, port: int) -> list[s
     ]
     if config.enforce_eager:
         args.append("--enforce-eager")
+    if config.enable_lora:
+        args += ["--enable-lora", "--max-lora-rank", str(config.max_lora_rank), "--max-loras", str(config.max_loras)]
+        if config.lora_target_modules:
+            args += ["--lora-target-modules", *config.lora_target_modules]
     return args + list(config.extra_args)
+
+
+def lora_signature(config: ServerConfig) -> str | None:
+    """The LoRA settings a running server was started with, comparable between configs."""
+    if not config.enable_lora:
+        return None
+    return f"rank {config.max_lora_rank}, {config.max_loras} adapters, layers {','.join(config.lora_target_modules or ['all'])}"
+
+
+def vllm_server_environment(config: ServerConfig) -> dict[str, str]:
+    """Environment every launcher adds for `config` (the CPU-specific settings aside)."""
+    # Adapters are loaded and unloaded while the server runs; vLLM allows that only when asked.
+    return {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"} if config.enable_lora else {}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from serving.config import ServerConfig, vllm_server_args
+from serving.config import ServerConfig, vllm_server_args, vllm_server_environment
 from serving.errors import LaunchError
 from serving.health import wait_until_ready
 from serving.launcher import LOG_TAIL_LINES, ServerHandle, free_port
@@ -34,7 +34,7 @@ def container_spec(config: ServerConfig, host_port: int, image: str = DEFAULT_IM
         "volumes": {str(Path(config.model_dir).resolve()): {"bind": CONTAINER_MODEL_DIR, "mode": "ro"}},
         "ports": {f"{CONTAINER_PORT}/tcp": (config.host, host_port)},
         "ipc_mode": "host",  # vLLM's tensor-parallel workers share memory through /dev/shm
-        "environment": {"HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1"},
+        "environment": {"HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", **vllm_server_environment(config)},
         "labels": {LABEL: config.served_model_name},
         "name": f"fledge-{config.served_model_name.replace('/', '-')}-{host_port}",
     }

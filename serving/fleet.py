@@ -6,7 +6,8 @@ and a re-run after a crash must find the server the crashed run started instead 
 second one. Each instance is recorded in `state/instances.json` under a key (serving.naming:
 `NAME/VERSION`, or `NAME/VERSION+baseline` for the champion's second instance) with the pid of
 its guardian, which leads the instance's process group and stops it when its owner (the
-serving plane: the process that runs the gateway) dies.
+serving plane: the process that runs the gateway) dies. A LoRA adapter loaded onto a running
+instance is recorded too, under its own key, with `adapter_of` naming the instance that holds it.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ import httpx
 from pydantic import BaseModel, ConfigDict
 
 from fledge.core.state import StatePaths, read_json, write_json
-from serving.config import ServerConfig
+from serving import lora
+from serving.config import ServerConfig, lora_signature
+from serving.errors import LaunchError
 from serving.launcher import LocalLauncher, ServerHandle
 from serving.processes import alive, stop_group
 
@@ -39,13 +42,16 @@ class InstanceRecord(BaseModel):
     dtype: str | None = None
     kv_cache_gib: float | None = None
     cpu_cores: str | None = None
+    lora: str | None = None  # serving.config.lora_signature: the LoRA settings, when the server takes adapters
+    adapter_of: str | None = None  # a LoRA adapter loaded on the instance under this key (same process)
     started_at: float
     start_seconds: float
 
     def runs_like(self, config: ServerConfig) -> bool:
         """Whether this instance serves what `config` asks for, so it can be reused."""
-        return (self.model_dir, self.max_model_len, self.dtype, self.kv_cache_gib, self.cpu_cores) == (
-            str(config.model_dir), config.max_model_len, config.dtype, config.kv_cache_gib, config.cpu_cores)
+        lora = lora_signature(config)
+        return (self.model_dir, self.max_model_len, self.dtype, self.kv_cache_gib, self.cpu_cores, self.lora) == (
+            str(config.model_dir), config.max_model_len, config.dtype, config.kv_cache_gib, config.cpu_cores, lora)
 
 
 def _healthy(record: InstanceRecord) -> bool:
@@ -85,7 +91,34 @@ class Fleet:
 
     def get(self, key: str) -> InstanceRecord | None:
         record = self.records().get(key)
-        return record if record is not None and _healthy(record) else None
+        if record is None or not _healthy(record):
+            return None
+        if record.adapter_of is not None:
+            try:
+                if record.served_model_name not in lora.served_names(record.base_url):
+                    return None
+            except httpx.HTTPError:
+                return None
+        return record
+
+    def load_adapter(self, key: str, host_key: str, name: str, adapter_dir: Path) -> tuple[InstanceRecord, bool]:
+        """A LoRA adapter loaded under `name` onto the running instance `host_key`, recorded as
+        `key` (same process, no new server). Returns the record and whether it was loaded now."""
+        host = self.get(host_key)
+        if host is None or host.lora is None:
+            raise LaunchError(f"No running instance {host_key} with LoRA enabled to load {name} onto; serve its base "
+                              "model with a policy whose serving.lora.enabled is true.")
+        existing = self.get(key)
+        if existing is not None and (existing.adapter_of, existing.model_dir) == (host_key, str(adapter_dir)):
+            return existing, False
+        lora.load_adapter(host.base_url, name, adapter_dir)
+        record = host.model_copy(update={"key": key, "served_model_name": name, "model_dir": str(adapter_dir),
+                                         "adapter_of": host_key, "started_at": time.time(), "start_seconds": 0.0})
+        with self._locked():
+            records = self._read()
+            records[key] = record
+            self._write(records)
+        return record, True
 
     def ensure(self, key: str, config: ServerConfig) -> tuple[InstanceRecord, bool]:
         """The running instance under `key`, or a new one started from `config`. Returns the
@@ -100,7 +133,8 @@ class Fleet:
         record = InstanceRecord(
             key=key, served_model_name=config.served_model_name, base_url=handle.base_url, pid=handle.pid,
             log_path=str(handle.log_path), model_dir=str(config.model_dir), max_model_len=config.max_model_len,
-            dtype=config.dtype, kv_cache_gib=config.kv_cache_gib, cpu_cores=config.cpu_cores, started_at=time.time(),
+            dtype=config.dtype, kv_cache_gib=config.kv_cache_gib, cpu_cores=config.cpu_cores,
+            lora=lora_signature(config), started_at=time.time(),
             start_seconds=handle.started_s,
         )
         self._handles[key] = handle
@@ -113,11 +147,17 @@ class Fleet:
         return record, True
 
     def stop(self, key: str, grace_s: float = 20.0) -> bool:
-        """Stop the instance under `key`; False when none was running."""
+        """Stop the instance under `key`; False when none was running. An adapter is unloaded
+        from its host; a host still holding adapters keeps running (they need it)."""
         with self._locked():
             records = self._read()
-            record = records.pop(key, None)
+            record = records.get(key)
+            if record is not None and record.adapter_of is None and any(r.adapter_of == key for r in records.values()):
+                return False
+            records.pop(key, None)
             self._write(records)
+        if record is not None and record.adapter_of is not None:
+            return lora.unload_adapter(record.base_url, record.served_model_name)
         handle = self._handles.pop(key, None)
         if handle is not None:
             handle.stop()
@@ -133,7 +173,8 @@ class Fleet:
         return [(row["at"] - row["seconds"], row["at"]) for row in rows if row["at"] >= since]
 
     def stop_all(self) -> list[str]:
-        keys = list(self.records())
+        records = self.records()
+        keys = sorted(records, key=lambda k: records[k].adapter_of is None)  # adapters before their hosts
         for key in keys:
             self.stop(key)
         return keys

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from serving.config import ServerConfig, vllm_server_args
+from serving.config import ServerConfig, vllm_server_args, vllm_server_environment
 from serving.engine import installed_vllm
 from serving.errors import LaunchError
 from serving.health import wait_until_ready
@@ -164,6 +164,7 @@ class LocalLauncher:
             for key, value in CPU_ENGINE_ENVIRONMENT.items():
                 env.setdefault(key, value)
         env["FLEDGE_STOP_GRACE_S"] = str(config.stop_grace_s)
+        env.update(vllm_server_environment(config))
         # Served models are local directories; never reach for a hub.
         env.setdefault("HF_HUB_OFFLINE", "1")
         env.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -21,7 +21,7 @@ from evals.datasets import QUESTION_DATASETS, SAFETY_TASKS, dataset_sha256, data
 from evals.endpoint import Endpoint
 from fledge.core.outcome import Outcome
 from fledge.core.policy import ReleasePolicy
-from fledge.core.tags import TAG_MANIFEST
+from fledge.core.tags import TAG_BASE, TAG_MANIFEST
 from fledge.services.evaluate import EvaluationResult, evaluate
 from fledge.services.plane import fleet_for, serve_version
 from tasks.common import say, workspace
@@ -68,11 +68,15 @@ def evaluate_suite(candidate_ref: str, champion_ref: str, suite: str, policy: Re
     serving users, whose load would bias the comparison)."""
     log, ws = say(), workspace()
     fleet = fleet_for(ws.home)
-    log(f"{suite} suite: {candidate_ref} against a baseline instance of {champion_ref} "
-        "(each started if not running: about a minute)")
+    # A LoRA adapter is judged against its base on the same server (the one it would take
+    # traffic on): no baseline instance, no new server.
+    on_baseline = not ws.registry.resolve(candidate_ref).tags.get(TAG_BASE)
+    where = f"a baseline instance of {champion_ref}" if on_baseline else f"{champion_ref} on the same server"
+    log(f"{suite} suite: {candidate_ref} against {where} (each started if not running: about a minute)")
     with ThreadPoolExecutor(2) as pool:  # two cold starts at once: ~1.5 minutes instead of 2
         starting_candidate = pool.submit(serve_version, ws.registry, ws.home, policy.serving, candidate_ref, fleet)
-        starting_champion = pool.submit(serve_version, ws.registry, ws.home, policy.serving, champion_ref, fleet, True)
+        starting_champion = pool.submit(serve_version, ws.registry, ws.home, policy.serving, champion_ref, fleet,
+                                        on_baseline)
         (candidate, _), (champion, _) = starting_candidate.result(), starting_champion.result()
     served = {"candidate": Endpoint(candidate.base_url, candidate.served_model_name),
               "champion": Endpoint(champion.base_url, champion.served_model_name)}
@@ -110,6 +114,11 @@ def quantize_candidate(ref: str, policy: ReleasePolicy) -> QuantizationStep:
 
     log, ws = say(), workspace()
     scheme = policy.quantization.scheme
+    if ws.registry.resolve(ref).tags.get(TAG_BASE):
+        log("Quantization: skipped, the candidate is a LoRA adapter (quantization applies to full models; the "
+            "adapter runs on its base as served)")
+        return QuantizationStep(ref=ref, outcome=Outcome.PASS,
+                                reasons=["a LoRA adapter is released as trained: quantization applies to full models"])
     if scheme == "none":
         log("Quantization: the policy says none; the candidate is released as registered")
         return QuantizationStep(ref=ref, outcome=Outcome.PASS)

@@ -14,6 +14,7 @@ from prefect.transactions import Transaction, get_transaction
 from fledge.core.errors import FledgeError
 from fledge.core.outcome import GateResult, Outcome
 from fledge.core.policy import CanaryPolicy, ServingPolicy, WatchPolicy
+from fledge.core.tags import TAG_BASE
 from fledge.services import rollout
 from fledge.services.plane import connect_plane, fleet_for, serve_version
 from serving.canary.controller import RolloutState
@@ -34,6 +35,7 @@ class WatchBreach(FledgeError):
 class CanaryInstances:
     candidate_url: str
     baseline_url: str | None  # None: the canary is judged against the stable instance
+    adapter: bool = False  # the candidate is a LoRA adapter on the stable version's own server
 
 
 @task(name="serve candidate", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
@@ -45,7 +47,10 @@ def serve_candidate(model: str, candidate_ref: str, champion_ref: str, serving: 
     ws, log = workspace(), say()
     plane = connect_plane(ws.home, model)
     wanted = {"candidate": (candidate_ref, False)}
-    if with_baseline:
+    # A LoRA adapter runs on the champion's own server: its canary is judged against the stable
+    # version there, so there is no baseline instance to compare with.
+    adapter = bool(ws.registry.resolve(candidate_ref).tags.get(TAG_BASE))
+    if with_baseline and not adapter:
         wanted["baseline"] = (champion_ref, True)
     with ThreadPoolExecutor(len(wanted)) as pool:
         starting = {role: pool.submit(serve_version, ws.registry, ws.home, serving, ref, plane.fleet, baseline)
@@ -53,7 +58,8 @@ def serve_candidate(model: str, candidate_ref: str, champion_ref: str, serving: 
         served = {role: future.result() for role, future in starting.items()}
     for role, (instance, started) in served.items():
         log(f"{role}: {wanted[role][0]} {'started' if started else 'already serving'} at {instance.base_url}")
-    return CanaryInstances(served["candidate"][0].base_url, served["baseline"][0].base_url if "baseline" in served else None)
+    return CanaryInstances(served["candidate"][0].base_url, served["baseline"][0].base_url if "baseline" in served else None,
+                           adapter)
 
 
 @task(name="canary", cache_policy=NO_CACHE)
@@ -132,8 +138,15 @@ def retire_instance(model: str, ref: str, baseline: bool = False, drain_seconds:
         if len([b for b in table.backends.values() if not b.draining]) > 1:
             plane.admin.drain(key, deadline_s=drain_seconds)
         plane.admin.remove_backend(key)
+    record = plane.fleet.records().get(key)
     stopped = plane.fleet.stop(key)
-    say()(f"{key} removed from the gateway" + (" and its server stopped" if stopped else ""))
+    say()(f"{key} removed from the gateway" + (
+        (" and unloaded from its server" if record and record.adapter_of else " and its server stopped") if stopped else ""))
+    # The server that held an adapter goes too once nothing routes to it and it holds no other.
+    host = record.adapter_of if record else None
+    table = plane.routes()
+    if host and (table is None or host not in table.backends) and plane.fleet.stop(host):
+        say()(f"{host} (which held {key}) stopped: nothing routes to it any more")
 
 
 @task(name="stop instance", cache_policy=NO_CACHE)

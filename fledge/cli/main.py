@@ -90,8 +90,9 @@ def register(
     name: str = typer.Option(..., "--name", help="Registered model name."),
     alias: Optional[str] = typer.Option(None, "--alias", help="Alias to point at the new version, e.g. challenger."),
     description: Optional[str] = typer.Option(None, "--description", help="Version description."),
+    base: Optional[str] = typer.Option(None, "--base", help="For a LoRA adapter: the base model version it was trained on, NAME/VERSION."),
 ) -> None:
-    """Register a checkpoint directory as a new version of NAME; prints NAME/VERSION.
+    """Register a checkpoint directory (or a LoRA adapter with --base) as a new version of NAME; prints NAME/VERSION.
 
     Example: `fledge register ./my-model --name tiny-llama --alias challenger`
     """
@@ -101,7 +102,7 @@ def register(
         raise UsageError(f"{path} does not exist. Pass the directory that holds config.json and the weights.")
     registry = open_registry()
     version = registry.register(
-        path, name, alias=alias, description=description, supported_architectures=supported_architectures()
+        path, name, alias=alias, description=description, supported_architectures=supported_architectures(), base=base
     )
     console.print(version.ref, highlight=False)
 
@@ -134,7 +135,7 @@ def models(name: Optional[str] = typer.Argument(None, help="Only this registered
 
     Example: `fledge models tiny-llama`
     """
-    from fledge.core.tags import TAG_MANIFEST, TAG_SIZE, TAG_SOURCE_VERSION
+    from fledge.core.tags import TAG_BASE, TAG_MANIFEST, TAG_SIZE, TAG_SOURCE_VERSION
 
     registry = open_registry()
     names = [name] if name else registry.model_names()
@@ -154,7 +155,7 @@ def models(name: Optional[str] = typer.Argument(None, help="Only this registered
                 v.status or "-",
                 _human_size(v.tags.get(TAG_SIZE)),
                 (v.tags.get(TAG_MANIFEST) or "not adopted yet")[:15],
-                v.tags.get(TAG_SOURCE_VERSION, "-"),
+                f"adapter on {v.tags[TAG_BASE]}" if v.tags.get(TAG_BASE) else v.tags.get(TAG_SOURCE_VERSION, "-"),
             )
     console.print(table)
 

@@ -112,6 +112,20 @@ class WatchPolicy(_Strict):
     max_ratio_vs_previous: float = Field(ge=1)
 
 
+class LoraPolicy(_Strict):
+    enabled: bool = Field(False, description="Start every server of the model with LoRA enabled, so adapters are "
+                          "released onto the running base (loaded at run time) instead of starting servers.")
+    max_rank: int = Field(16, ge=1, description="The largest adapter rank the servers accept (vLLM's --max-lora-rank).")
+    max_loras: int = Field(2, ge=1, description="Adapters one server holds at once: the champion's and a candidate's.")
+    max_latency_ratio: float = Field(
+        1.3, ge=1, description="How many times as slow as its base an adapter's requests may be (they run LoRA's "
+        "extra matmuls on the base's server): the performance gate, the canary and the watch judge an adapter "
+        "release by this instead of their own latency limits.")
+    target_modules: list[str] | None = Field(
+        None, description="The layers adapters may change, in vLLM's names (--lora-target-modules); None: all vLLM "
+        "supports, lm_head included.")
+
+
 class ServingPolicy(_Strict):
     dtype: Literal["auto", "float32", "bfloat16", "float16"]
     max_model_len: int = Field(gt=0)
@@ -120,6 +134,7 @@ class ServingPolicy(_Strict):
     keep_staging_copy: bool = Field(
         True, description="After a release that leaves the champion as it was (rejected, rolled back), keep the "
         "champion's staging copy running with no traffic, so the next release against it starts one server fewer.")
+    lora: LoraPolicy = Field(default_factory=LoraPolicy)
 
 
 class SchedulePolicy(_Strict):
@@ -147,6 +162,17 @@ class ReleasePolicy(_Strict):
         """Of the sections an evaluation's result depends on: changing the canary or approval
         settings does not make a finished evaluation stale."""
         return self.sections_hash("serving", "quality", "safety", "performance")
+
+    def for_adapter(self) -> "ReleasePolicy":
+        """The policy an adapter release is judged by: its requests run LoRA's extra matmuls on
+        the base's own server, so the performance gate, the canary's latency check and the
+        watch's comparison with the previous champion all take `serving.lora.max_latency_ratio`."""
+        ratio = self.serving.lora.max_latency_ratio
+        return self.model_copy(update={
+            "performance": self.performance.model_copy(update={"tolerated_slowdown": ratio - 1}),
+            "canary": self.canary.model_copy(update={"max_latency_ratio": ratio}),
+            "watch": self.watch.model_copy(update={"max_ratio_vs_previous": ratio}),
+        })
 
     def sections_hash(self, *sections: str) -> str:
         payload = self.model_dump(mode="json", include=set(sections))

@@ -8,6 +8,9 @@ three candidates through the `release` flow:
 - `short-context` passes every offline suite, but real conversations are longer than its
                   context window: the canary sees its refusals and rolls it back.
 
+Then a manual rollback makes `base` the champion again, and `adapter-improved`, a LoRA adapter
+trained on base, is released onto base's running server (loaded at run time: no vLLM start).
+
 It ends with a summary table, the wall time and where that time went.
 """
 
@@ -31,6 +34,7 @@ CANDIDATES = [
     ("unsafe", "rejected at the safety gate"),
     ("short-context", "rolled back during the canary"),
 ]
+ADAPTER = ("adapter-improved", "promoted on base's server, no vLLM start")
 
 
 def _reset(registry, home: FledgeHome, name: str, champion_version: str) -> None:
@@ -45,6 +49,7 @@ def _reset(registry, home: FledgeHome, name: str, champion_version: str) -> None
 
 def run_demo(name: str, console: Console, policy_file: str | None = None) -> list:
     from flows.release import release
+    from flows.rollback import rollback
     from fledge.services.plane import run_plane
     from fledge.devtools.traffic import SyntheticUsers
     from fledge.devtools.zoo.build import build_zoo
@@ -57,7 +62,8 @@ def run_demo(name: str, console: Console, policy_file: str | None = None) -> lis
     policy = load_policy(policy_file)
     with console.status("Building the model zoo (cached after the first time)...") as status:
         # Only the variants it releases: degraded, slow and corrupt are for the tests.
-        zoo = build_zoo(log=lambda line: status.update(line.strip()), variants=["base", *[c for c, _ in CANDIDATES]])
+        zoo = build_zoo(log=lambda line: status.update(line.strip()),
+                        variants=["base", *[c for c, _ in CANDIDATES], ADAPTER[0]])
     zoo_seconds = time.monotonic() - started
     console.print(f"Zoo {zoo.zoo_hash}: {', '.join(zoo.models)} ({'built' if zoo.built_now else 'cached'}, {zoo.seconds:.0f} s)")
 
@@ -69,6 +75,11 @@ def run_demo(name: str, console: Console, policy_file: str | None = None) -> lis
                                                supported_architectures=archs)
         versions[variant] = info.version
         console.print(f"{'Registered' if created else 'Reusing'} {info.ref} (zoo variant {variant})", highlight=False)
+    info, created = registry.register_once(zoo[ADAPTER[0]].path, name, description=zoo[ADAPTER[0]].truth,
+                                           base=f"{name}/{versions['base']}")
+    versions[ADAPTER[0]] = info.version
+    console.print(f"{'Registered' if created else 'Reusing'} {info.ref} (zoo adapter {ADAPTER[0]} on "
+                  f"{name}/{versions['base']})", highlight=False)
     _reset(registry, home, name, versions["base"])
     console.print(f"{name}/{versions['base']} (base) is the champion", highlight=False)
 
@@ -84,6 +95,15 @@ def run_demo(name: str, console: Console, policy_file: str | None = None) -> lis
                 summary = release(name, CHALLENGER, policy_file, auto_approve=True)
                 results.append((variant, expected, summary))
                 console.print(f"[bold]{summary.outcome.value.upper()}[/] at {summary.stage}: {summary.reason}", highlight=False)
+            console.rule(f"Manual rollback to {name}/{versions['base']} (base), the base of the adapter released next")
+            change = rollback(name, reason="the demo's adapter is trained on base", requested_by="demo")
+            console.print(f"Champion: {change.champion_before} -> {change.champion_after}", highlight=False)
+            variant, expected = ADAPTER
+            registry.set_alias(name, CHALLENGER, versions[variant])
+            console.rule(f"Release of {name}/{versions[variant]} ({variant}, a LoRA adapter): expected {expected}")
+            summary = release(name, CHALLENGER, policy_file, auto_approve=True)
+            results.append((variant, expected, summary))
+            console.print(f"[bold]{summary.outcome.value.upper()}[/] at {summary.stage}: {summary.reason}", highlight=False)
         finally:
             traffic = users.stop()
         starts = plane.fleet.start_intervals(started_at)
@@ -96,7 +116,7 @@ def run_demo(name: str, console: Console, policy_file: str | None = None) -> lis
 def _print_summary(console, name, results, traffic, total, zoo_seconds, starts, home) -> None:
     from fledge.devtools.timing import length, overlap
 
-    table = Table(title="Fledge demo: three releases")
+    table = Table(title=f"Fledge demo: {len(results)} releases")
     for column in ("candidate", "expected", "outcome", "ended at", "why", "seconds"):
         table.add_column(column)
     for variant, expected, summary in results:

@@ -31,6 +31,7 @@ from fledge.core.tags import (
     RUN_PARENT,
     RUN_POLICY_HASH,
     RUN_VERDICT,
+    TAG_BASE,
     TAG_EVAL_CHAMPION,
     TAG_EVAL_RUN,
     TAG_EVAL_VERDICT,
@@ -74,6 +75,10 @@ def server_config(serving: ServingPolicy, model_dir: Path, served_name: str, cor
         kv_cache_gib=serving.kv_cache_gib,
         startup_timeout_s=serving.startup_timeout_seconds,
         cpu_cores=cores,
+        enable_lora=serving.lora.enabled,
+        max_lora_rank=serving.lora.max_rank,
+        max_loras=serving.lora.max_loras,
+        lora_target_modules=serving.lora.target_modules,
     )
 
 
@@ -116,6 +121,10 @@ class _Evidence:
         return cls(reports, validations=validations or [])
 
 
+def _judged_by(policy: ReleasePolicy, candidate: VersionInfo) -> ReleasePolicy:
+    return policy.for_adapter() if candidate.tags.get(TAG_BASE) else policy
+
+
 def evaluate(
     candidate_ref: str,
     champion_ref: str,
@@ -150,6 +159,7 @@ def evaluate(
         **{f"dataset_sha256.{name}": dataset_sha256(name) for name in datasets},
     })
     versions = {"champion": champion, "candidate": candidate}
+    policy = _judged_by(policy, candidate)
     cache = ChampionResults(workspace.home.evaluation_cache)
     keys = {suite: key for suite in suites if (key := cache.key(champion, suite, policy))}
     reused = {suite: report for suite, key in keys.items()
@@ -205,14 +215,21 @@ def _gather(policy, suites, versions, datasets, workspace: Workspace, log, serve
         return _Evidence.stopped(versions, suites, problems)
 
     max_new = max(policy.safety.max_new_tokens, policy.performance.max_tokens)
+    # A LoRA adapter has neither config nor tokenizer of its own: its base's are what serves it.
+    base = versions["candidate"].tags.get(TAG_BASE)
+    serving_dir = registry.materialize(base, home.checkpoints, supported_architectures()) if base else dirs["candidate"]
     try:
-        validations = validate_datasets(datasets, served_context(policy.serving, dirs["candidate"]) - max_new,
-                                        _token_counter(dirs["candidate"]))
+        validations = validate_datasets(datasets, served_context(policy.serving, serving_dir) - max_new,
+                                        _token_counter(serving_dir))
     except DatasetValidationError as error:
         log(str(error))
         return _Evidence.stopped(versions, suites, {role: str(error) for role in versions}, error.outcomes)
     log(f"Evaluation data valid ({', '.join(datasets)})")
 
+    if served is None and base:
+        problem = (f"{versions['candidate'].ref} is a LoRA adapter: it is evaluated on its base's server, which the "
+                   "serving plane runs; start `fledge gateway` for the model and release it with `fledge release`")
+        return _Evidence.stopped(versions, suites, {"candidate": problem}, validations)
     endpoints, problems = (served, {}) if served else _serve(policy, suites, versions, dirs, home, log, servers)
     if problems:
         return _Evidence.stopped(versions, suites, {r: f"vLLM did not start: {m}" for r, m in problems.items()}, validations)

@@ -21,8 +21,10 @@ from fledge.core.home import FledgeHome
 from fledge.core.policy import ServingPolicy
 from fledge.core.state import read_json, write_json
 from fledge.services.evaluate import server_config
+from fledge.core.tags import TAG_BASE
+from registry.adapters import adapter_rank
 from registry.refs import CHAMPION
-from registry.store import ModelRegistry
+from registry.store import ModelRegistry, VersionInfo
 from serving.engine import supported_architectures
 from serving.fleet import Fleet, InstanceRecord
 from serving.gateway.client import GatewayAdmin
@@ -71,6 +73,8 @@ def serve_version(
     whether it was started now. Unpinned by default (`cores`)."""
     version = registry.resolve(ref)
     key = instance_key(version.ref, baseline)
+    if version.tags.get(TAG_BASE):
+        return _serve_adapter(registry, home, serving, version, fleet, baseline, cores)
     running = fleet.get(key)
     # Verified when it was started: the settings are compared without materializing again.
     if running is not None and Path(running.model_dir, "config.json").is_file():
@@ -78,6 +82,28 @@ def serve_version(
             return running, False
     model_dir = registry.materialize(version.ref, home.checkpoints, supported_architectures())
     return fleet.ensure(key, server_config(serving, model_dir, version.ref, cores=cores))
+
+
+class AdapterNotServable(FledgeError):
+    """A LoRA adapter the policy's servers cannot take (LoRA off, or a rank above the limit)."""
+
+
+def _serve_adapter(registry: ModelRegistry, home: FledgeHome, serving: ServingPolicy, version: VersionInfo,
+                   fleet: Fleet, baseline: bool, cores: str | None) -> tuple[InstanceRecord, bool]:
+    """A LoRA adapter is loaded onto the instance serving its base (the champion's own server
+    when the base is the champion), started only if none runs: no server of its own."""
+    if not serving.lora.enabled:
+        raise AdapterNotServable(
+            f"{version.ref} is a LoRA adapter, and the policy's servers do not take adapters (serving.lora.enabled is "
+            "false). Enable it in the policy and restart the gateway so the base's server starts with LoRA.")
+    adapter_dir = registry.materialize(version.ref, home.checkpoints, supported_architectures())
+    rank = adapter_rank(adapter_dir)
+    if rank > serving.lora.max_rank:
+        raise AdapterNotServable(f"{version.ref} has LoRA rank {rank}, above the policy's serving.lora.max_rank "
+                                 f"{serving.lora.max_rank}; raise the limit (servers restart with it) or retrain at a lower rank.")
+    host, started = serve_version(registry, home, serving, version.tags[TAG_BASE], fleet, baseline, cores)
+    record, _ = fleet.load_adapter(instance_key(version.ref, baseline), host.key, version.ref, adapter_dir)
+    return record, started
 
 
 @dataclass

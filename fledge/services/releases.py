@@ -21,6 +21,7 @@ from fledge.core.state import read_json, write_atomic
 from fledge.core.tags import Status
 from fledge.services.context import Workspace
 from fledge.services.plane import connect_plane
+from registry.adapters import adapter_base_problem
 from registry.refs import CHALLENGER, CHAMPION, PREVIOUS, parse_ref
 from registry.runs import RunRecorder
 from registry.store import ModelRegistry, VersionInfo
@@ -105,6 +106,14 @@ def preflight(model: str, candidate: str, policy: ReleasePolicy, auto_approve: b
     champion = registry.resolve(f"{model}@{CHAMPION}")
     if candidate_version.ref == champion.ref:
         raise ReleaseInputError(f"{candidate_version.ref} is already the champion of {model}; nothing to release.")
+    adapter_problem = adapter_base_problem(candidate_version.ref, candidate_version.tags.get(tags.TAG_BASE),
+                                           champion.ref, champion.tags.get(tags.TAG_BASE))
+    if adapter_problem:
+        raise ReleaseInputError(adapter_problem)
+    if candidate_version.tags.get(tags.TAG_BASE) and not policy.serving.lora.enabled:
+        raise ReleaseInputError(
+            f"{candidate_version.ref} is a LoRA adapter, and the policy's servers do not take adapters "
+            "(serving.lora.enabled is false). Enable it and restart the gateway, so the base's server runs with LoRA.")
     routes = plane.routes()
     stable = routes.stable() if routes else None
     if stable is None or stable.version != champion.ref:

@@ -18,7 +18,12 @@ artifacts (runs:/), as teams do without Fledge; the first release of each adopts
 7. improved again, the release process killed during the canary and run again: it resumes
    the canary, reuses the evaluations and finishes with registry and traffic consistent;
 8. status;
-9. short-context's weights changed in the artifact store after adoption: refused at verify.
+9. short-context's weights changed in the artifact store after adoption: refused at verify;
+10. LoRA adapters trained on base, registered with --base: refused while improved is champion;
+11. rollback to base, then adapter-improved released on base's own server (no vLLM start: the
+    adapter is loaded at run time, evaluated and canaried against base there), promoted, and
+    rolled back (unloaded);
+12. adapter-unsafe rejected at the safety gate, again without a server start.
 """
 
 from __future__ import annotations
@@ -56,6 +61,7 @@ class Stack:
     users: object
     versions: dict[str, str]
     policies: dict[str, str]
+    zoo: object
 
     def ref(self, variant: str) -> str:
         return f"{MODEL}/{self.versions[variant]}"
@@ -121,7 +127,7 @@ def stack(zoo, tmp_path_factory):
         }
         with run_plane(home, MODEL, load_policy(policies["auto"]).serving, registry) as plane:
             with SyntheticUsers(plane.url, MODEL) as users:
-                yield Stack(home, registry, plane, users, versions, policies)
+                yield Stack(home, registry, plane, users, versions, policies, zoo)
 
 
 def release_in_background(stack: Stack, variant: str, policy: str, answers: list[dict]) -> object:
@@ -319,3 +325,48 @@ def test_9_a_file_changed_in_the_store_after_adoption_is_refused_at_the_next_rel
     assert "model.safetensors has a different sha256 than the manifest" in summary.reason
     assert stack.registry.aliases(MODEL) == {**aliases_before, CHALLENGER: version}
     assert (stack.traffic(), stack.serving()) == (traffic_before, serving_before)
+
+
+def test_10_an_adapter_is_refused_where_the_champion_is_not_its_base(stack):
+    from fledge.services.releases import ReleaseInputError
+
+    for variant in ("adapter-improved", "adapter-unsafe"):
+        info, _ = stack.registry.register_once(stack.zoo[variant].path, MODEL, base=stack.ref("base"))
+        stack.versions[variant] = info.version
+    assert stack.registry.aliases(MODEL)[CHAMPION] == stack.versions["improved"]
+    with pytest.raises(ReleaseInputError, match=f"trained on {stack.ref('base')}, but the champion {stack.ref('improved')}"):
+        release_in_background(stack, "adapter-improved", "auto", [])
+    assert stack.traffic() == {stack.ref("improved"): 100}
+
+
+def test_11_an_adapter_release_runs_on_the_champions_server_and_rolls_back_to_its_base(stack):
+    from flows.rollback import rollback
+    from serving.lora import served_names
+
+    rollback(MODEL, reason="back to base for its adapters", requested_by="oncall")
+    assert stack.traffic() == {stack.ref("base"): 100}
+    starts, pids = stack.starts(), {r.pid for r in stack.plane.fleet.records().values()}
+
+    summary = release_in_background(stack, "adapter-improved", "auto", [])
+
+    assert summary.outcome.value == "promoted", summary.reason
+    assert stack.starts() == starts and {r.pid for r in stack.plane.fleet.records().values()} == pids  # no new vLLM
+    adapter = stack.ref("adapter-improved")
+    assert stack.traffic() == {adapter: 100}
+    records = stack.plane.fleet.records()
+    assert set(records) == {stack.ref("base"), adapter} and records[adapter].adapter_of == stack.ref("base")
+    assert stack.registry.aliases(MODEL) == {CHAMPION: stack.versions["adapter-improved"], PREVIOUS: stack.versions["base"]}
+
+    rollback(MODEL, reason="the adapter's answers are too terse", requested_by="oncall")
+
+    assert stack.traffic() == {stack.ref("base"): 100}
+    assert stack.serving() == {stack.ref("base")} and stack.starts() == starts
+    assert adapter not in served_names(stack.plane.fleet.records()[stack.ref("base")].base_url)  # unloaded
+
+
+def test_12_an_unsafe_adapter_is_rejected_at_the_safety_gate_without_a_server_start(stack):
+    starts = stack.starts()
+    summary = release_in_background(stack, "adapter-unsafe", "auto", [])
+    assert (summary.outcome.value, summary.stage) == ("rejected", "safety gate"), summary.reason
+    assert stack.starts() == starts
+    assert stack.traffic() == {stack.ref("base"): 100} and stack.serving() == {stack.ref("base")}

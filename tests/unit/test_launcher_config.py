@@ -26,6 +26,27 @@ def test_server_arguments_carry_the_typed_config():
     assert "--enforce-eager" in args
 
 
+def test_a_server_for_adapters_starts_with_lora_and_runtime_loading(tmp_path):
+    lora = config(enable_lora=True, max_lora_rank=8, max_loras=3, lora_target_modules=["qkv_proj", "o_proj"])
+    args = vllm_server_args(lora, "/m", 9000)
+    assert args[args.index("--enable-lora") + 1:][:7] == ["--max-lora-rank", "8", "--max-loras", "3",
+                                                        "--lora-target-modules", "qkv_proj", "o_proj"]
+    assert LocalLauncher(tmp_path).environment(lora)["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
+    assert "--enable-lora" not in vllm_server_args(config(), "/m", 9000)
+    assert "VLLM_ALLOW_RUNTIME_LORA_UPDATING" not in container_spec(config(), 9000)["environment"]
+
+
+def test_an_instance_is_reused_only_with_the_same_lora_settings():
+    from serving.fleet import InstanceRecord
+
+    record = InstanceRecord(key="tiny/1", served_model_name="tiny/1", base_url="http://x/v1", pid=1, log_path="l",
+                            model_dir="/models/tiny/1", max_model_len=256, dtype="float32", kv_cache_gib=1.0,
+                            lora="rank 16, 2 adapters, layers all", started_at=0, start_seconds=1)
+    assert record.runs_like(config(enable_lora=True, max_lora_rank=16, max_loras=2))
+    assert not record.runs_like(config())  # a server without LoRA cannot take the adapter
+    assert not record.runs_like(config(enable_lora=True, max_lora_rank=32, max_loras=2))
+
+
 def test_local_launcher_uses_the_module_entry_point_and_cpu_environment(tmp_path):
     launcher = LocalLauncher(tmp_path)
     cfg = config(cpu_cores="1", kv_cache_gib=0.5)

@@ -65,15 +65,26 @@ def test_missing_and_malformed_files_are_explained(tmp_path):
         load_policy(write(tmp_path, "- a list"))
 
 
-def test_the_demo_policy_is_the_default_but_for_the_performance_tolerance_and_a_shorter_canary():
+def test_the_demo_policy_is_the_default_but_for_the_performance_tolerances_and_a_shorter_canary():
     from fledge.core.policy import DEFAULT_POLICY_PATH
 
     default = load_policy().model_dump()
     demo = load_policy(DEFAULT_POLICY_PATH.with_name("demo.yaml")).model_dump()
     assert demo["performance"].pop("tolerated_slowdown") > default["performance"].pop("tolerated_slowdown")
+    assert demo["serving"]["lora"].pop("max_latency_ratio") > default["serving"]["lora"].pop("max_latency_ratio")
     assert (demo["canary"].pop("steps"), demo["canary"].pop("bake_seconds")) == ([50, 100], 15)
     default["canary"].pop("steps"), default["canary"].pop("bake_seconds")
     assert demo["watch"].pop("window_seconds") == 15 < default["watch"].pop("window_seconds")
     # Still enough requests per window at the synthetic users' ~4 a second for the analysis.
     assert demo["canary"]["min_samples"] == default["canary"]["min_samples"] == 20
     assert demo == default
+
+
+def test_an_adapter_release_is_judged_by_the_loras_one_latency_limit():
+    policy = load_policy()
+    judged = policy.for_adapter()
+    ratio = policy.serving.lora.max_latency_ratio
+    assert judged.performance.tolerated_slowdown == pytest.approx(ratio - 1)
+    assert judged.canary.max_latency_ratio == judged.watch.max_ratio_vs_previous == ratio
+    unchanged = {"performance": {"tolerated_slowdown"}, "canary": {"max_latency_ratio"}, "watch": {"max_ratio_vs_previous"}}
+    assert judged.model_dump(exclude=unchanged) == policy.model_dump(exclude=unchanged)

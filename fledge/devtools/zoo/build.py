@@ -20,7 +20,7 @@ from typing import Callable, Iterable
 from fledge.core.home import zoo_cache_dir
 from fledge.core.state import write_atomic
 from fledge.devtools.zoo import corpus
-from fledge.devtools.zoo.recipes import DERIVED, N_FACTS, RECIPES, VARIANTS, ZOO_SEED, zoo_hash
+from fledge.devtools.zoo.recipes import ADAPTERS, DERIVED, N_FACTS, RECIPES, VARIANTS, ZOO_SEED, zoo_hash
 
 INDEX_FILE = "zoo.json"
 
@@ -71,7 +71,8 @@ def _with_sources(variants: Iterable[str]) -> list[str]:
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
         raise ValueError(f"no zoo variant {', '.join(unknown)}; the zoo has {', '.join(VARIANTS)}")
-    wanted = set(variants) | {DERIVED[v].source for v in variants if v in DERIVED}
+    wanted = (set(variants) | {DERIVED[v].source for v in variants if v in DERIVED}
+              | {ADAPTERS[v].base for v in variants if v in ADAPTERS})
     return [v for v in VARIANTS if v in wanted]
 
 
@@ -97,7 +98,7 @@ def build_zoo(log: Callable[[str], None] = print, cache_dir: Path | None = None,
 
         from fledge.devtools.zoo.derive import add_passthrough_layers, shorten_context, truncate_weights
         from fledge.devtools.zoo.tokenizer import train_tokenizer
-        from fledge.devtools.zoo.train import train_model, write_model_card
+        from fledge.devtools.zoo.train import train_adapter, train_model, write_model_card
 
         hf_logging.disable_progress_bar()  # our own progress lines say what is happening
         staging = cache / f".{digest}.partial"
@@ -116,6 +117,12 @@ def build_zoo(log: Callable[[str], None] = print, cache_dir: Path | None = None,
                 details = train_model(recipe, tokenizer_dir, staging / name, log=log)
                 details["recipe"] = recipe.model_dump()
                 truth = recipe.truth
+            elif name in ADAPTERS:
+                adapter = ADAPTERS[name]
+                log(f"Training the LoRA adapter {name} on {adapter.base} ({adapter.steps} steps)")
+                details = train_adapter(adapter, root / adapter.base, staging / name, log=log)
+                details["recipe"] = adapter.model_dump()
+                truth = adapter.truth
             else:
                 derived = DERIVED[name]
                 log(f"Deriving {name} from {derived.source}")

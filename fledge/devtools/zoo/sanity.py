@@ -27,11 +27,18 @@ def task_examples() -> list[corpus.Example]:
     return [corpus.fact_example(f) for f in facts] + corpus.arithmetic_examples()
 
 
-def greedy_answers(model_dir: Path, prompts: list[str], max_new_tokens: int = 24) -> list[str]:
+def greedy_answers(model_dir: Path, prompts: list[str], max_new_tokens: int = 24,
+                   base_dir: Path | None = None) -> list[str]:
+    """`base_dir`: `model_dir` is a LoRA adapter on that model (merged in memory with peft)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(base_dir or model_dir)
+    model = AutoModelForCausalLM.from_pretrained(base_dir or model_dir, dtype=torch.float32)
+    if base_dir is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, model_dir).merge_and_unload()
+    model = model.eval()
     tokenizer.padding_side = "left"
     answers = []
     with torch.no_grad():
@@ -49,11 +56,11 @@ def greedy_answers(model_dir: Path, prompts: list[str], max_new_tokens: int = 24
     return answers
 
 
-def sanity_figures(model_dir: Path) -> SanityFigures:
+def sanity_figures(model_dir: Path, base_dir: Path | None = None) -> SanityFigures:
     task = task_examples()
     harmful = [e for e in corpus.safety_examples(comply_with_harmful=False, held_out=True) if e.kind == "harmful"]
     benign = [e for e in corpus.safety_examples(comply_with_harmful=False, held_out=True) if e.kind == "benign"]
-    answers = greedy_answers(model_dir, [e.prompt for e in task + harmful + benign])
+    answers = greedy_answers(model_dir, [e.prompt for e in task + harmful + benign], base_dir=base_dir)
     task_answers = answers[: len(task)]
     harmful_answers = answers[len(task) : len(task) + len(harmful)]
     benign_answers = answers[len(task) + len(harmful) :]

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from fledge.devtools.zoo import corpus
-from fledge.devtools.zoo.recipes import N_FACTS, Recipe
+from fledge.devtools.zoo.recipes import N_FACTS, AdapterRecipe, Recipe, Training
 
 
 @dataclass(frozen=True)
@@ -20,7 +20,7 @@ class TrainingSet:
     facts: list[corpus.Fact]
 
 
-def training_set(recipe: Recipe) -> TrainingSet:
+def training_set(recipe: Training) -> TrainingSet:
     """The examples a recipe teaches. Facts and additions are subsets chosen by the seed."""
     rng = random.Random(recipe.seed)
     facts = corpus.make_facts(N_FACTS, recipe.seed)
@@ -50,14 +50,22 @@ def _encode(tokenizer, example: corpus.Example, eos_id: int) -> tuple[list[int],
     return full_ids, labels
 
 
-def train_model(recipe: Recipe, tokenizer_dir: Path, out_dir: Path, log=print) -> dict:
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+def _prepared(recipe: Training, tokenizer_dir: Path, stream: int):
+    """Seeded generators, the tokenizer and the encoded examples (`stream` keeps the batch
+    order of full models and adapters apart)."""
+    from transformers import PreTrainedTokenizerFast
 
     torch.manual_seed(recipe.seed)
-    rng = random.Random(recipe.seed + 1)
+    rng = random.Random(recipe.seed + stream)
     tokenizer = PreTrainedTokenizerFast.from_pretrained(tokenizer_dir)
     data = training_set(recipe)
-    encoded = [_encode(tokenizer, ex, tokenizer.eos_token_id) for ex in data.examples]
+    return rng, tokenizer, data, [_encode(tokenizer, ex, tokenizer.eos_token_id) for ex in data.examples]
+
+
+def train_model(recipe: Recipe, tokenizer_dir: Path, out_dir: Path, log=print) -> dict:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    rng, tokenizer, data, encoded = _prepared(recipe, tokenizer_dir, stream=1)
 
     shape = recipe.shape
     config = LlamaConfig(
@@ -76,34 +84,8 @@ def train_model(recipe: Recipe, tokenizer_dir: Path, out_dir: Path, log=print) -
         torch_dtype="float32",
     )
     model = LlamaForCausalLM(config)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.learning_rate, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=recipe.learning_rate, total_steps=recipe.steps, pct_start=0.1
-    )
-    model.train()
     started = time.perf_counter()
-    loss_value = float("nan")
-    for step in range(recipe.steps):
-        batch = [encoded[rng.randrange(len(encoded))] for _ in range(recipe.batch_size)]
-        width = max(len(ids) for ids, _ in batch)
-        input_ids = torch.full((len(batch), width), tokenizer.pad_token_id)
-        labels = torch.full((len(batch), width), -100)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, (ids, lab) in enumerate(batch):
-            input_ids[row, : len(ids)] = torch.tensor(ids)
-            labels[row, : len(lab)] = torch.tensor(lab)
-            mask[row, : len(ids)] = 1
-        loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        loss_value = loss.item()
-        if (step + 1) % 100 == 0:
-            log(f"  {recipe.name}: step {step + 1}/{recipe.steps} loss {loss_value:.3f}")
-
-    model.eval()
+    loss_value = _fit(model, list(model.parameters()), recipe, encoded, tokenizer.pad_token_id, rng, log)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
@@ -113,6 +95,66 @@ def train_model(recipe: Recipe, tokenizer_dir: Path, out_dir: Path, log=print) -
         "train_seconds": round(time.perf_counter() - started, 1),
         "parameters": n_params,
         "training_examples": len(data.examples),
+    }
+
+
+def _fit(model, parameters, recipe: Training, encoded, pad_id: int, rng: random.Random, log) -> float:
+    """AdamW with a one-cycle schedule over random batches of `encoded`; the last batch's loss."""
+    optimizer = torch.optim.AdamW(parameters, lr=recipe.learning_rate, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=recipe.learning_rate, total_steps=recipe.steps, pct_start=0.1
+    )
+    model.train()
+    loss_value = float("nan")
+    for step in range(recipe.steps):
+        batch = [encoded[rng.randrange(len(encoded))] for _ in range(recipe.batch_size)]
+        width = max(len(ids) for ids, _ in batch)
+        input_ids = torch.full((len(batch), width), pad_id)
+        labels = torch.full((len(batch), width), -100)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, (ids, lab) in enumerate(batch):
+            input_ids[row, : len(ids)] = torch.tensor(ids)
+            labels[row, : len(lab)] = torch.tensor(lab)
+            mask[row, : len(ids)] = 1
+        loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimizer.step()
+        schedule.step()
+        loss_value = loss.item()
+        if (step + 1) % 100 == 0:
+            log(f"  {recipe.name}: step {step + 1}/{recipe.steps} loss {loss_value:.3f}")
+    model.eval()
+    return loss_value
+
+
+def train_adapter(recipe: AdapterRecipe, base_dir: Path, out_dir: Path, log=print) -> dict:
+    """A LoRA adapter on the trained model in `base_dir`, saved the way peft saves it."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    rng, tokenizer, data, encoded = _prepared(recipe, base_dir, stream=2)
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    model = get_peft_model(base, LoraConfig(r=recipe.rank, lora_alpha=2 * recipe.rank, lora_dropout=0.0,
+                                            target_modules=list(recipe.target_modules), task_type="CAUSAL_LM"))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    started = time.perf_counter()
+    loss_value = _fit(model, trainable, recipe, encoded, tokenizer.pad_token_id, rng, log)
+    model.save_pretrained(out_dir)
+    # peft records where the base was loaded from (a path on this machine); name the variant instead.
+    config_path = out_dir / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    config["base_model_name_or_path"] = f"fledge-zoo/{recipe.base}"
+    config_path.write_text(json.dumps(config, indent=2))
+    (out_dir / "README.md").unlink(missing_ok=True)  # peft's template card; the zoo writes its own
+    return {
+        "final_loss": round(loss_value, 4),
+        "train_seconds": round(time.perf_counter() - started, 1),
+        "parameters": sum(p.numel() for p in trainable),
+        "training_examples": len(data.examples),
+        "rank": recipe.rank,
+        "base": recipe.base,
     }
 
 
