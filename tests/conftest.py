@@ -41,6 +41,23 @@ def registry(session_home):
 
 
 @pytest.fixture()
+def registry_state(registry):
+    """Everything a refused registration must leave alone (models, versions with their aliases
+    and tags, registry runs), as a value to compare before and after."""
+
+    def snapshot() -> tuple:
+        models = tuple(
+            (name, tuple((v.version, v.aliases, tuple(sorted(v.tags.items()))) for v in registry.versions(name)))
+            for name in registry.model_names()
+        )
+        experiment = registry.client.get_experiment_by_name("fledge-registry")
+        runs = 0 if experiment is None else len(registry.client.search_runs([experiment.experiment_id]))
+        return models, runs
+
+    return snapshot
+
+
+@pytest.fixture()
 def model_name() -> str:
     return f"test-{uuid.uuid4().hex[:8]}"
 

@@ -15,16 +15,6 @@ from fledge.cli.main import app
 runner = CliRunner()
 
 
-def registry_snapshot(registry) -> tuple:
-    models = tuple(
-        (name, tuple((v.version, v.aliases, tuple(sorted(v.tags.items()))) for v in registry.versions(name)))
-        for name in registry.model_names()
-    )
-    experiment = registry.client.get_experiment_by_name("fledge-registry")
-    runs = 0 if experiment is None else len(registry.client.search_runs([experiment.experiment_id]))
-    return models, runs
-
-
 def edit_json(path, **changes):
     content = json.loads(path.read_text())
     content.update(changes)
@@ -109,11 +99,11 @@ CASES = {
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_a_bad_checkpoint_is_refused_in_one_paragraph_and_the_registry_is_unchanged(
-    case, home_env, registry, checkpoint_copy, tmp_path
+    case, home_env, registry_state, checkpoint_copy, tmp_path
 ):
     damage, expected = CASES[case]
     damage(checkpoint_copy, tmp_path)
-    before = registry_snapshot(registry)
+    before = registry_state()
 
     result = runner.invoke(app, ["register", str(checkpoint_copy), "--name", "refused-model"])
 
@@ -123,4 +113,4 @@ def test_a_bad_checkpoint_is_refused_in_one_paragraph_and_the_registry_is_unchan
     assert message.startswith("error: Refusing checkpoint"), message
     for text in expected:
         assert text in message, (text, message)
-    assert registry_snapshot(registry) == before
+    assert registry_state() == before

@@ -20,17 +20,6 @@ from fledge.core.tags import TAG_MANIFEST, TAG_SIZE, TAG_STATUS, Status
 LLAMA_ONLY = frozenset({"LlamaForCausalLM"})
 
 
-def registry_snapshot(registry) -> tuple:
-    """Everything a refused registration must leave alone: models, versions, aliases, runs."""
-    models = tuple(
-        (name, tuple((v.version, v.aliases, tuple(sorted(v.tags.items()))) for v in registry.versions(name)))
-        for name in registry.model_names()
-    )
-    experiment = registry.client.get_experiment_by_name("fledge-registry")
-    runs = 0 if experiment is None else len(registry.client.search_runs([experiment.experiment_id]))
-    return models, runs
-
-
 def test_register_records_manifest_size_and_candidate_status(registry, tiny_checkpoint, model_name):
     version = registry.register(tiny_checkpoint, model_name, description="first", supported_architectures=LLAMA_ONLY)
     assert version.ref == f"{model_name}/1"
@@ -120,20 +109,21 @@ def test_a_swapped_manifest_is_caught(registry, checkpoint_copy, model_name, tmp
     ],
     ids=["pickle", "remote-code", "no-config", "no-tokenizer", "unknown-architecture"],
 )
-def test_refused_checkpoints_leave_the_registry_untouched(registry, checkpoint_copy, model_name, damage, expected):
+def test_refused_checkpoints_leave_the_registry_untouched(registry, registry_state, checkpoint_copy, model_name, damage,
+                                                          expected):
     registry.register(checkpoint_copy, model_name, alias=CHAMPION)
-    before = registry_snapshot(registry)
+    before = registry_state()
     damage(checkpoint_copy)
     with pytest.raises(CheckpointRefused, match=expected):
         registry.register(checkpoint_copy, model_name, alias=CHALLENGER, supported_architectures=LLAMA_ONLY)
-    assert registry_snapshot(registry) == before
+    assert registry_state() == before
 
 
-def test_an_invalid_alias_is_refused_before_anything_is_written(registry, tiny_checkpoint, model_name):
-    before = registry_snapshot(registry)
+def test_an_invalid_alias_is_refused_before_anything_is_written(registry, registry_state, tiny_checkpoint, model_name):
+    before = registry_state()
     with pytest.raises(InvalidReference, match="latest"):
         registry.register(tiny_checkpoint, model_name, alias="latest")
-    assert registry_snapshot(registry) == before
+    assert registry_state() == before
 
 
 def test_unknown_model_version_and_alias_errors_say_what_exists(registry, tiny_checkpoint, model_name):
