@@ -7,22 +7,13 @@ from __future__ import annotations
 import httpx
 
 from evals.endpoint import Endpoint
+from fledge.core.openai_errors import error_message
 
 PROBE_PROMPT = "Q: What is 2 plus 3?\nA:"
 
 
 class EndpointBroken(RuntimeError):
     """The served model does not answer the requests the evaluations make; says what it said."""
-
-
-def _reason(response: httpx.Response) -> str:
-    try:
-        body = response.json()
-    except ValueError:
-        return response.text.strip()[:500] or response.reason_phrase
-    error = body.get("error", body) if isinstance(body, dict) else body
-    message = error.get("message") if isinstance(error, dict) else None
-    return str(message or body)[:500]
 
 
 def probe(endpoint: Endpoint, timeout_s: float = 120.0) -> None:
@@ -43,5 +34,5 @@ def probe(endpoint: Endpoint, timeout_s: float = 120.0) -> None:
             if response.status_code >= 400:
                 raise EndpointBroken(
                     f"{endpoint.model} answered a {kind} request with HTTP {response.status_code}: "
-                    f"{_reason(response)}; its vLLM log has the details"
+                    f"{error_message(response.text) or response.reason_phrase}; its vLLM log has the details"
                 )

@@ -8,16 +8,8 @@ from pathlib import Path
 
 import httpx
 
+from fledge.core.openai_errors import error_message
 from serving.errors import LaunchError
-
-
-def _reason(response: httpx.Response) -> str:
-    try:
-        body = response.json()
-    except ValueError:
-        return response.text.strip()[:300]
-    error = body.get("error", body) if isinstance(body, dict) else body
-    return str(error.get("message") if isinstance(error, dict) and error.get("message") else body)[:300]
 
 
 def served_names(base_url: str, timeout_s: float = 10.0) -> set[str]:
@@ -36,7 +28,7 @@ def load_adapter(base_url: str, name: str, adapter_dir: Path, timeout_s: float =
     if response.status_code >= 400 and name not in served_names(base_url):
         raise LaunchError(
             f"vLLM at {base_url} did not load the LoRA adapter {name} from {adapter_dir} (HTTP {response.status_code}: "
-            f"{_reason(response)}). The server must run with LoRA enabled (policy serving.lora.enabled) and a "
+            f"{error_message(response.text, 300)}). The server must run with LoRA enabled (policy serving.lora.enabled) and a "
             "--max-lora-rank at least the adapter's rank."
         )
 
