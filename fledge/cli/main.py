@@ -291,7 +291,14 @@ def _serve_version(registry, home, ref: str, cores: Optional[str] = None, port: 
     from fledge.services.evaluate import server_config
     from serving.engine import supported_architectures
 
+    from fledge.core.tags import TAG_BASE
+
     version = registry.resolve(ref)
+    if version.tags.get(TAG_BASE):
+        raise UsageError(
+            f"{version.ref} is a LoRA adapter on {version.tags[TAG_BASE]}: it runs on its base's server. Serve the base "
+            f"(`fledge serve {version.tags[TAG_BASE]}`) and load it there, or release it through the serving plane "
+            f"(`fledge gateway {version.name}`, then `fledge release`).")
     model_dir = registry.materialize(version.ref, home.checkpoints, supported_architectures())
     config = server_config(load_policy().serving, model_dir, version.ref, cores).model_copy(update={"port": port})
     with console.status(f"Starting vLLM for {version.ref} (about a minute)..."):
