@@ -20,7 +20,7 @@ from fledge.services.context import Workspace, local_launcher
 from fledge.services.evaluate import core_plan, server_config
 from registry.store import VersionInfo
 from serving.engine import supported_architectures
-from serving.quantize import QuantizationRecipe, check_servable, quantize, recipe_for
+from serving.quantize import QuantizationRecipe, SchemeNotServable, check_servable, quantize, recipe_for
 
 AGREEMENT_PROMPTS = 100
 
@@ -60,6 +60,10 @@ def quantize_version(
     source = registry.resolve(ref)
     if scheme == "none":
         return QuantizedVersion(source, source, reused=True)
+    if source.tags.get(tags.TAG_BASE):
+        raise SchemeNotServable(
+            f"{source.ref} is a LoRA adapter on {source.tags[tags.TAG_BASE]}: quantization applies to full models. "
+            f"Quantize the base (`fledge quantize {source.tags[tags.TAG_BASE]}`); releases skip it for adapters.")
     recipe = recipe_for(scheme, weight_range)
     digest = recipe_digest(recipe, source)
     for version in registry.versions(source.name):
