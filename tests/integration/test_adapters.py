@@ -75,3 +75,16 @@ def test_an_adapter_is_released_only_where_its_base_is_what_the_champion_runs_on
     assert adapter_base_problem("m/5", None, "m/4", None) is None  # a full model: not this rule's business
     mismatch = adapter_base_problem("m/5", "m/1", "m/2", None)
     assert "trained on m/1, but the champion m/2 is m/2" in mismatch and "retrain it on m/2" in mismatch
+
+
+def test_quantizing_an_adapter_is_refused_with_the_base_to_quantize(registry, base_version, tiny_checkpoint,
+                                                                   session_home, tmp_path):
+    from fledge.core.home import FledgeHome
+    from fledge.services.context import Workspace
+    from fledge.services.quantization import quantize_version
+    from serving.quantize import SchemeNotServable
+
+    adapter = registry.register(make_adapter(tiny_checkpoint, tmp_path / "adapter"), base_version.name,
+                                base=base_version.ref)
+    with pytest.raises(SchemeNotServable, match="quantization applies to full models. Quantize the base"):
+        quantize_version(adapter.ref, "w8a8-int8", Workspace(FledgeHome(session_home).ensure(), registry))
