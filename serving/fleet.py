@@ -107,7 +107,8 @@ class Fleet:
         host = self.get(host_key)
         if host is None or host.lora is None:
             raise LaunchError(f"No running instance {host_key} with LoRA enabled to load {name} onto; serve its base "
-                              "model with a policy whose serving.lora.enabled is true.")
+                              "model with a policy whose serving.lora.enabled is true (a quantized base is served "
+                              "without LoRA: vLLM's CPU build does not start it with LoRA).")
         existing = self.get(key)
         if existing is not None and (existing.adapter_of, existing.model_dir) == (host_key, str(adapter_dir)):
             return existing, False

@@ -66,6 +66,14 @@ def served_context(serving: ServingPolicy, model_dir: Path) -> int:
     return min(serving.max_model_len, int(supported))
 
 
+def _takes_adapters(serving: ServingPolicy, model_dir: Path) -> bool:
+    """LoRA on for the policy's servers, but not for quantized checkpoints: vLLM's CPU build
+    fails to start a compressed-tensors w8a8 model with LoRA enabled ('NoneType' object has no
+    attribute 'device' in engine init), so an adapter is served on a full-precision base only."""
+    config = json.loads((model_dir / "config.json").read_text())
+    return serving.lora.enabled and not config.get("quantization_config")
+
+
 def server_config(serving: ServingPolicy, model_dir: Path, served_name: str, cores: str | None) -> ServerConfig:
     return ServerConfig(
         model_dir=model_dir,
@@ -75,7 +83,7 @@ def server_config(serving: ServingPolicy, model_dir: Path, served_name: str, cor
         kv_cache_gib=serving.kv_cache_gib,
         startup_timeout_s=serving.startup_timeout_seconds,
         cpu_cores=cores,
-        enable_lora=serving.lora.enabled,
+        enable_lora=_takes_adapters(serving, model_dir),
         max_lora_rank=serving.lora.max_rank,
         max_loras=serving.lora.max_loras,
         lora_target_modules=serving.lora.target_modules,

@@ -98,3 +98,16 @@ def test_docker_launcher_without_an_engine_says_so_and_what_to_use(tmp_path, mon
         launcher.start(ServerConfig(model_dir=tmp_path, served_model_name="tiny/1"))
     assert "No Docker engine is reachable" in str(error.value)
     assert "local launcher" in str(error.value)
+
+
+def test_servers_take_adapters_as_the_policy_says_but_a_quantized_checkpoint_never(tmp_path):
+    import json
+
+    from fledge.core.policy import load_policy
+    from fledge.services.evaluate import server_config
+
+    serving = load_policy().serving
+    (tmp_path / "config.json").write_text(json.dumps({"max_position_embeddings": 256}))
+    assert server_config(serving, tmp_path, "m/1", None).enable_lora is serving.lora.enabled is True
+    (tmp_path / "config.json").write_text(json.dumps({"quantization_config": {"quant_method": "compressed-tensors"}}))
+    assert server_config(serving, tmp_path, "m/2", None).enable_lora is False
