@@ -75,6 +75,11 @@ class VersionInfo:
     def status(self) -> str:
         return self.tags.get(TAG_STATUS, "")
 
+    @property
+    def adapter_base(self) -> str | None:
+        """The base model version (NAME/VERSION) when this version is a LoRA adapter, else None."""
+        return self.tags.get(TAG_BASE) or None
+
     @classmethod
     def from_mlflow(cls, mv: ModelVersion) -> "VersionInfo":
         return cls(
@@ -237,8 +242,8 @@ class ModelRegistry:
             raise CheckpointRefused(path, ["it is a LoRA adapter: name the base model version it was trained on "
                                            "with --base NAME/VERSION"])
         info = self.resolve(base)
-        if info.tags.get(TAG_BASE):
-            raise CheckpointRefused(path, [f"its base {info.ref} is itself an adapter (on {info.tags[TAG_BASE]}); "
+        if info.adapter_base:
+            raise CheckpointRefused(path, [f"its base {info.ref} is itself an adapter (on {info.adapter_base}); "
                                            "name the full model it was trained on"])
         if not info.tags.get(TAG_MANIFEST):
             raise CheckpointRefused(path, [f"its base {info.ref} is not in Fledge yet; adopt it first "
@@ -388,12 +393,12 @@ class ModelRegistry:
         assemble(raw, layout, served)
         base_shapes = None
         if layout.is_adapter:  # its base comes from a version tag the team sets: fledge.base=NAME/VERSION
-            if not info.tags.get(TAG_BASE):
+            if not info.adapter_base:
                 raise CheckpointRefused(f"{info.ref} ({info.source})", [
                     f"it is a LoRA adapter: set the version tag {TAG_BASE} to the base model version it was "
                     f"trained on (MlflowClient().set_model_version_tag('{info.name}', '{info.version}', "
                     f"'{TAG_BASE}', 'NAME/VERSION'))"])
-            base_shapes = self._parameter_shapes(self._adapter_base(served, info.tags[TAG_BASE]))
+            base_shapes = self._parameter_shapes(self._adapter_base(served, info.adapter_base))
         problems = checkpoint_problems(served, supported_architectures, base_shapes=base_shapes)
         _, leftover_links = walk_files(raw)
         if leftover_links:

@@ -21,7 +21,7 @@ from evals.datasets import QUESTION_DATASETS, SAFETY_TASKS, dataset_sha256, data
 from evals.endpoint import Endpoint
 from fledge.core.outcome import Outcome
 from fledge.core.policy import ReleasePolicy
-from fledge.core.tags import TAG_BASE, TAG_MANIFEST
+from fledge.core.tags import TAG_MANIFEST
 from fledge.services.evaluate import EvaluationResult, evaluate
 from fledge.services.plane import fleet_for, serve_version
 from tasks.common import say, workspace
@@ -70,7 +70,7 @@ def evaluate_suite(candidate_ref: str, champion_ref: str, suite: str, policy: Re
     fleet = fleet_for(ws.home)
     # A LoRA adapter is judged against its base on the same server (the one it would take
     # traffic on): no baseline instance, no new server.
-    on_baseline = not ws.registry.resolve(candidate_ref).tags.get(TAG_BASE)
+    on_baseline = not ws.registry.resolve(candidate_ref).adapter_base
     where = f"a baseline instance of {champion_ref}" if on_baseline else f"{champion_ref} on the same server"
     log(f"{suite} suite: {candidate_ref} against {where} (each started if not running: about a minute)")
     with ThreadPoolExecutor(2) as pool:  # two cold starts at once: ~1.5 minutes instead of 2
@@ -114,7 +114,7 @@ def quantize_candidate(ref: str, policy: ReleasePolicy) -> QuantizationStep:
 
     log, ws = say(), workspace()
     scheme = policy.quantization.scheme
-    if ws.registry.resolve(ref).tags.get(TAG_BASE):
+    if ws.registry.resolve(ref).adapter_base:
         log("Quantization: skipped, the candidate is a LoRA adapter (quantization applies to full models; the "
             "adapter runs on its base as served)")
         return QuantizationStep(ref=ref, outcome=Outcome.PASS,

@@ -14,7 +14,6 @@ from prefect.transactions import Transaction, get_transaction
 from fledge.core.errors import FledgeError
 from fledge.core.outcome import GateResult, Outcome
 from fledge.core.policy import CanaryPolicy, ServingPolicy, WatchPolicy
-from fledge.core.tags import TAG_BASE
 from fledge.services import rollout
 from fledge.services.plane import connect_plane, fleet_for, serve_version
 from serving.canary.controller import RolloutState
@@ -49,7 +48,7 @@ def serve_candidate(model: str, candidate_ref: str, champion_ref: str, serving: 
     wanted = {"candidate": (candidate_ref, False)}
     # A LoRA adapter runs on the champion's own server: its canary is judged against the stable
     # version there, so there is no baseline instance to compare with.
-    adapter = bool(ws.registry.resolve(candidate_ref).tags.get(TAG_BASE))
+    adapter = ws.registry.resolve(candidate_ref).adapter_base is not None
     if with_baseline and not adapter:
         wanted["baseline"] = (champion_ref, True)
     with ThreadPoolExecutor(len(wanted)) as pool:

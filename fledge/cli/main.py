@@ -135,7 +135,7 @@ def models(name: Optional[str] = typer.Argument(None, help="Only this registered
 
     Example: `fledge models tiny-llama`
     """
-    from fledge.core.tags import TAG_BASE, TAG_MANIFEST, TAG_SIZE, TAG_SOURCE_VERSION
+    from fledge.core.tags import TAG_MANIFEST, TAG_SIZE, TAG_SOURCE_VERSION
 
     registry = open_registry()
     names = [name] if name else registry.model_names()
@@ -155,7 +155,7 @@ def models(name: Optional[str] = typer.Argument(None, help="Only this registered
                 v.status or "-",
                 _human_size(v.tags.get(TAG_SIZE)),
                 (v.tags.get(TAG_MANIFEST) or "not adopted yet")[:15],
-                f"adapter on {v.tags[TAG_BASE]}" if v.tags.get(TAG_BASE) else v.tags.get(TAG_SOURCE_VERSION, "-"),
+                f"adapter on {v.adapter_base}" if v.adapter_base else v.tags.get(TAG_SOURCE_VERSION, "-"),
             )
     console.print(table)
 
@@ -291,13 +291,11 @@ def _serve_version(registry, home, ref: str, cores: Optional[str] = None, port: 
     from fledge.services.evaluate import server_config
     from serving.engine import supported_architectures
 
-    from fledge.core.tags import TAG_BASE
-
     version = registry.resolve(ref)
-    if version.tags.get(TAG_BASE):
+    if version.adapter_base:
         raise UsageError(
-            f"{version.ref} is a LoRA adapter on {version.tags[TAG_BASE]}: it runs on its base's server. Serve the base "
-            f"(`fledge serve {version.tags[TAG_BASE]}`) and load it there, or release it through the serving plane "
+            f"{version.ref} is a LoRA adapter on {version.adapter_base}: it runs on its base's server. Serve the base "
+            f"(`fledge serve {version.adapter_base}`) and load it there, or release it through the serving plane "
             f"(`fledge gateway {version.name}`, then `fledge release`).")
     model_dir = registry.materialize(version.ref, home.checkpoints, supported_architectures())
     config = server_config(load_policy().serving, model_dir, version.ref, cores).model_copy(update={"port": port})

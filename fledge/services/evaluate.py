@@ -31,7 +31,6 @@ from fledge.core.tags import (
     RUN_PARENT,
     RUN_POLICY_HASH,
     RUN_VERDICT,
-    TAG_BASE,
     TAG_EVAL_CHAMPION,
     TAG_EVAL_RUN,
     TAG_EVAL_VERDICT,
@@ -130,7 +129,7 @@ class _Evidence:
 
 
 def _judged_by(policy: ReleasePolicy, candidate: VersionInfo) -> ReleasePolicy:
-    return policy.for_adapter() if candidate.tags.get(TAG_BASE) else policy
+    return policy.for_adapter() if candidate.adapter_base else policy
 
 
 def evaluate(
@@ -224,7 +223,7 @@ def _gather(policy, suites, versions, datasets, workspace: Workspace, log, serve
 
     max_new = max(policy.safety.max_new_tokens, policy.performance.max_tokens)
     # A LoRA adapter has neither config nor tokenizer of its own: its base's are what serves it.
-    base = versions["candidate"].tags.get(TAG_BASE)
+    base = versions["candidate"].adapter_base
     serving_dir = registry.materialize(base, home.checkpoints, supported_architectures()) if base else dirs["candidate"]
     try:
         validations = validate_datasets(datasets, served_context(policy.serving, serving_dir) - max_new,

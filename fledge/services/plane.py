@@ -21,7 +21,6 @@ from fledge.core.home import FledgeHome
 from fledge.core.policy import ServingPolicy
 from fledge.core.state import read_json, write_json
 from fledge.services.evaluate import server_config
-from fledge.core.tags import TAG_BASE
 from registry.adapters import adapter_rank
 from registry.refs import CHAMPION
 from registry.store import ModelRegistry, VersionInfo
@@ -73,7 +72,7 @@ def serve_version(
     whether it was started now. Unpinned by default (`cores`)."""
     version = registry.resolve(ref)
     key = instance_key(version.ref, baseline)
-    if version.tags.get(TAG_BASE):
+    if version.adapter_base:
         return _serve_adapter(registry, home, serving, version, fleet, baseline, cores)
     running = fleet.get(key)
     # Verified when it was started: the settings are compared without materializing again.
@@ -101,7 +100,7 @@ def _serve_adapter(registry: ModelRegistry, home: FledgeHome, serving: ServingPo
     if rank > serving.lora.max_rank:
         raise AdapterNotServable(f"{version.ref} has LoRA rank {rank}, above the policy's serving.lora.max_rank "
                                  f"{serving.lora.max_rank}; raise the limit (servers restart with it) or retrain at a lower rank.")
-    host, started = serve_version(registry, home, serving, version.tags[TAG_BASE], fleet, baseline, cores)
+    host, started = serve_version(registry, home, serving, version.adapter_base, fleet, baseline, cores)
     record, _ = fleet.load_adapter(instance_key(version.ref, baseline), host.key, version.ref, adapter_dir)
     return record, started
 

@@ -60,10 +60,10 @@ def quantize_version(
     source = registry.resolve(ref)
     if scheme == "none":
         return QuantizedVersion(source, source, reused=True)
-    if source.tags.get(tags.TAG_BASE):
+    if source.adapter_base:
         raise SchemeNotServable(
-            f"{source.ref} is a LoRA adapter on {source.tags[tags.TAG_BASE]}: quantization applies to full models. "
-            f"Quantize the base (`fledge quantize {source.tags[tags.TAG_BASE]}`); releases skip it for adapters.")
+            f"{source.ref} is a LoRA adapter on {source.adapter_base}: quantization applies to full models. "
+            f"Quantize the base (`fledge quantize {source.adapter_base}`); releases skip it for adapters.")
     recipe = recipe_for(scheme, weight_range)
     digest = recipe_digest(recipe, source)
     for version in registry.versions(source.name):

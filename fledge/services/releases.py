@@ -106,11 +106,11 @@ def preflight(model: str, candidate: str, policy: ReleasePolicy, auto_approve: b
     champion = registry.resolve(f"{model}@{CHAMPION}")
     if candidate_version.ref == champion.ref:
         raise ReleaseInputError(f"{candidate_version.ref} is already the champion of {model}; nothing to release.")
-    adapter_problem = adapter_base_problem(candidate_version.ref, candidate_version.tags.get(tags.TAG_BASE),
-                                           champion.ref, champion.tags.get(tags.TAG_BASE))
+    adapter_problem = adapter_base_problem(candidate_version.ref, candidate_version.adapter_base,
+                                           champion.ref, champion.adapter_base)
     if adapter_problem:
         raise ReleaseInputError(adapter_problem)
-    if candidate_version.tags.get(tags.TAG_BASE) and not policy.serving.lora.enabled:
+    if candidate_version.adapter_base and not policy.serving.lora.enabled:
         raise ReleaseInputError(
             f"{candidate_version.ref} is a LoRA adapter, and the policy's servers do not take adapters "
             "(serving.lora.enabled is false). Enable it and restart the gateway, so the base's server runs with LoRA.")
