@@ -48,7 +48,7 @@ def main() -> None:
 
     from fledge.devtools.traffic import SyntheticUsers
     from fledge.services.context import open_registry
-    from fledge.services.plane import run_plane
+    from fledge.services.plane import run_plane, stop_serving
     from flows.release import release
     from flows.rollback import rollback
 
@@ -66,15 +66,18 @@ def main() -> None:
     order = list(candidates) if args.order == "full-first" else list(reversed(candidates))
     figures = {}
     with prefect_test_harness(server_startup_timeout=180):
-        with run_plane(home, MODEL, policy.serving, registry) as plane, SyntheticUsers(plane.url, MODEL):
-            for kind in order:
-                starts_before = len(plane.fleet.start_intervals(0))
-                began = time.perf_counter()
-                summary = release(MODEL, candidates[kind].version, policy_path)
-                seconds = time.perf_counter() - began
-                figures[kind] = (seconds, summary.outcome.value, len(plane.fleet.start_intervals(0)) - starts_before)
-                print(f"{kind}: {summary.outcome.value} in {seconds:.1f} s, {figures[kind][2]} vLLM start(s)", flush=True)
-                rollback(MODEL, reason="benchmark: base again", requested_by="benchmark")
+        try:
+            with run_plane(home, MODEL, policy.serving, registry) as plane, SyntheticUsers(plane.url, MODEL):
+                for kind in order:
+                    starts_before = len(plane.fleet.start_intervals(0))
+                    began = time.perf_counter()
+                    summary = release(MODEL, candidates[kind].version, policy_path)
+                    seconds = time.perf_counter() - began
+                    figures[kind] = (seconds, summary.outcome.value, len(plane.fleet.start_intervals(0)) - starts_before)
+                    print(f"{kind}: {summary.outcome.value} in {seconds:.1f} s, {figures[kind][2]} vLLM start(s)", flush=True)
+                    rollback(MODEL, reason="benchmark: base again", requested_by="benchmark")
+        finally:
+            stop_serving(home)
     print()
     print(f"{'release of':24s} {'seconds':>8s} {'outcome':>10s} {'vLLM starts':>12s}")
     for kind, (seconds, outcome, starts) in figures.items():

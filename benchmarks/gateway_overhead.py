@@ -46,7 +46,7 @@ def main() -> None:
     launcher = LocalLauncher(state / "logs")
     # vLLM on core 0, the gateway and this client share core 1: the gateway's own cost shows.
     with launcher.start(server_config(policy.serving, zoo["base"].path, "bench/1", "0")) as server, \
-         BackgroundGateway(build_gateway(state)) as gateway:
+         BackgroundGateway(build_gateway(state, load_policy().serving.gateway)) as gateway:
         admin = GatewayAdmin(gateway.url, (state / "gateway-admin-token").read_text())
         admin.add_backend("bench", Backend(version="bench/1", base_url=server.base_url, role="stable"))
         paths = {

@@ -144,7 +144,8 @@ def _open_record(target: ReleaseTarget, policy: ReleasePolicy, policy_file: str 
     )
     workspace().home.files.rollout(model).unlink(missing_ok=True)  # a finished rollout of another release
     return ReleaseRecord(model=model, candidate=target.candidate.ref, requested=target.candidate.ref,
-                         champion=target.champion.ref, snapshot=snapshot, mlflow_run_id=run_id, policy=policy)
+                         champion=target.champion.ref, snapshot=snapshot, mlflow_run_id=run_id, policy=policy,
+                         audit_seq=target.audit_seq)
 
 
 def _evaluate(release: _Release, log) -> dict[str, str]:
@@ -186,7 +187,7 @@ def _canary_promote_watch(release: _Release) -> RolloutState:
         with clock("promote"):
             serving_steps.retire_instance(release.model, record.champion, baseline=True)
             registry_steps.promote_in_registry(release.model, record.candidate, record.champion, record.snapshot.aliases)
-            previous = serving_steps.stable_figures(release.model, record.champion, since=state.history[0].at)
+            previous = serving_steps.stable_figures(release.model, record.champion, after_seq=state.started_seq)
         with clock("watch"):
             try:
                 serving_steps.watch_new_champion(release.model, record.candidate, judged.watch,
@@ -310,6 +311,7 @@ def _finish(release: _Release, outcome: ReleaseOutcome, stage: str, reason: str)
     for ref in {record.requested, record.candidate}:
         registry_steps.record_status(ref, STATUS_AFTER[outcome], outcome_tags)
     reporting.publish_summary(record.model, record.mlflow_run_id, summary.to_markdown(), summary.model_dump(mode="json"))
+    reporting.publish_gateway_audit(record.model, record.mlflow_run_id, record.audit_seq)
     registry_steps.finish_release_run(record.mlflow_run_id, outcome, reason,
                                       {**clock.seconds, "total": summary.seconds})
     releases.clear_record(workspace().home, record.model)

@@ -5,15 +5,23 @@ A release flow run starts servers that must outlive it (a promoted candidate kee
 and a re-run after a crash must find the server the crashed run started instead of starting a
 second one. Each instance is recorded in `state/instances.json` under a key (serving.naming:
 `NAME/VERSION`, or `NAME/VERSION+baseline` for the champion's second instance) with the pid of
-its guardian, which leads the instance's process group and stops it when its owner (the
-serving plane: the process that runs the gateway) dies. A LoRA adapter loaded onto a running
+its guardian, which leads the instance's process group. A LoRA adapter loaded onto a running
 instance is recorded too, under its own key, with `adapter_of` naming the instance that holds it.
+
+The record owns the server (serving.guardian): each server is in the record and each record
+has a live server. A server stops when its record is removed (`stop`) or its lease lapses,
+never because the process that started it, or the gateway, exited: a restarted serving plane
+finds its servers still serving and re-attaches (`reattach`). Leases are kept by the serving
+plane for every instance of its home, and by any process for the instances it started
+(`keep_leases`); one that no process renews for `lease_s` stops by itself. Lease times are the
+monotonic clock, shared by every process of the machine and never stepped.
 """
 
 from __future__ import annotations
 
 import fcntl
 import json
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -46,6 +54,10 @@ class InstanceRecord(BaseModel):
     adapter_of: str | None = None  # a LoRA adapter loaded on the instance under this key (same process)
     started_at: float
     start_seconds: float
+    lease_expires: float | None = None  # time.monotonic(): past it, the guardian stops the server
+
+    def lease_lapsed(self, now: float) -> bool:
+        return self.lease_expires is not None and self.lease_expires <= now
 
     def runs_like(self, config: ServerConfig) -> bool:
         """Whether this instance serves what `config` asks for, so it can be reused."""
@@ -61,11 +73,19 @@ def _healthy(record: InstanceRecord) -> bool:
         return False
 
 
+DEFAULT_LEASE_S = 300.0
+
+
 class Fleet:
-    def __init__(self, state_dir: Path, launcher: LocalLauncher):
+    def __init__(self, state_dir: Path, launcher: LocalLauncher, lease_s: float = DEFAULT_LEASE_S):
         self.files = StatePaths.under(Path(state_dir))
         self.launcher = launcher
+        self.lease_s = lease_s
         self._handles: dict[str, ServerHandle] = {}  # started by this process: stopped (and reaped) through them
+        self._loaded: set[str] = set()  # adapters this process loaded: their records' leases are kept too
+        self._keeper: threading.Thread | None = None
+        self._keep_all = False
+        self._keeper_stop = threading.Event()
 
     @contextmanager
     def _locked(self):
@@ -81,13 +101,67 @@ class Fleet:
         write_json(self.files.instances, {k: r.model_dump() for k, r in records.items()})
 
     def records(self) -> dict[str, InstanceRecord]:
-        """Live instances; records of dead ones are dropped."""
+        """Live instances; records of dead ones (and of lapsed leases) are dropped."""
+        now = time.monotonic()
         with self._locked():
             records = self._read()
-            live = {k: r for k, r in records.items() if alive(r.pid)}
+            live = {k: r for k, r in records.items() if alive(r.pid) and not r.lease_lapsed(now)}
             if live.keys() != records.keys():
                 self._write(live)
             return live
+
+    def renew(self, keys: set[str] | None = None) -> list[str]:
+        """Extend the leases of `keys` (every record when None) by `lease_s` from now."""
+        expires = time.monotonic() + self.lease_s
+        with self._locked():
+            records = self._read()
+            renewed = [k for k in records if keys is None or k in keys]
+            for key in renewed:
+                records[key] = records[key].model_copy(update={"lease_expires": expires})
+            if renewed:
+                self._write(records)
+            return renewed
+
+    def keep_leases(self, every_record: bool = False) -> None:
+        """Renew leases from a background thread while this process lives: of the instances it
+        started, or (`every_record`: the serving plane) of every instance of the home."""
+        self._keep_all = self._keep_all or every_record
+        if self._keeper is not None:
+            return
+
+        def keep() -> None:
+            while not self._keeper_stop.wait(self.lease_s / 5):
+                try:
+                    self.renew(None if self._keep_all else set(self._handles) | self._loaded)
+                except Exception:  # a full disk or a lock held: try again at the next beat
+                    continue
+
+        self._keeper = threading.Thread(target=keep, name="fledge-leases", daemon=True)
+        self._keeper.start()
+
+    def release_leases(self) -> None:
+        """Stop renewing (the instances keep serving until their leases lapse or a plane renews them)."""
+        self._keeper_stop.set()
+
+    def reattach(self) -> tuple[list[str], list[str]]:
+        """A starting serving plane's first step: every recorded instance that answers its
+        health check is kept (its lease renewed); every other one is stopped and its record
+        removed. Returns (kept, removed)."""
+        kept, removed = [], []
+        records = self.records()
+        for key in sorted(records, key=lambda k: records[k].adapter_of is not None):  # hosts before adapters
+            if key in removed:
+                continue
+            if self.get(key) is not None:
+                kept.append(key)
+                continue
+            for adapter in [k for k, r in records.items() if r.adapter_of == key]:
+                self.stop(adapter)
+                removed.append(adapter)
+            self.stop(key)
+            removed.append(key)
+        self.renew(set(kept))
+        return kept, removed
 
     def get(self, key: str) -> InstanceRecord | None:
         record = self.records().get(key)
@@ -114,11 +188,14 @@ class Fleet:
             return existing, False
         lora.load_adapter(host.base_url, name, adapter_dir)
         record = host.model_copy(update={"key": key, "served_model_name": name, "model_dir": str(adapter_dir),
-                                         "adapter_of": host_key, "started_at": time.time(), "start_seconds": 0.0})
+                                         "adapter_of": host_key, "started_at": time.time(), "start_seconds": 0.0,
+                                         "lease_expires": time.monotonic() + self.lease_s})
         with self._locked():
             records = self._read()
             records[key] = record
             self._write(records)
+        self._loaded.add(key)
+        self.keep_leases()
         return record, True
 
     def ensure(self, key: str, config: ServerConfig) -> tuple[InstanceRecord, bool]:
@@ -130,15 +207,16 @@ class Fleet:
             if _healthy(existing) and existing.runs_like(config):
                 return existing, False
             self.stop(key)
-        handle = self.launcher.start(config)
+        handle = self.launcher.start(config, record=(self.files.instances, key))
         record = InstanceRecord(
             key=key, served_model_name=config.served_model_name, base_url=handle.base_url, pid=handle.pid,
             log_path=str(handle.log_path), model_dir=str(config.model_dir), max_model_len=config.max_model_len,
             dtype=config.dtype, kv_cache_gib=config.kv_cache_gib, cpu_cores=config.cpu_cores,
             lora=lora_signature(config), started_at=time.time(),
-            start_seconds=handle.started_s,
+            start_seconds=handle.started_s, lease_expires=time.monotonic() + self.lease_s,
         )
         self._handles[key] = handle
+        self.keep_leases()
         with open(self.files.instance_starts, "a") as starts:  # what serving cost, for reports
             starts.write(json.dumps({"key": key, "at": record.started_at, "seconds": handle.started_s}) + "\n")
         with self._locked():

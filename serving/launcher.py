@@ -172,7 +172,10 @@ class LocalLauncher:
         env.setdefault("DO_NOT_TRACK", "1")
         return env
 
-    def start(self, config: ServerConfig) -> ServerHandle:
+    def start(self, config: ServerConfig, record: tuple[Path, str] | None = None) -> ServerHandle:
+        """Start and wait until ready. `record` (the fleet's instances file, KEY): the record
+        that owns the server once it names the server's guardian (serving.guardian); until then,
+        and without one, the launcher's owner does."""
         if not (config.model_dir / "config.json").is_file():
             raise LaunchError(
                 f"{config.model_dir} is not a checkpoint directory (no config.json); "
@@ -183,13 +186,16 @@ class LocalLauncher:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         safe_name = config.served_model_name.replace("/", "-")
         log_path = self.log_dir / f"vllm-{safe_name}-{port}.log"
-        owner = self.owner_pid or os.getpid()
+        # A recorded server belongs to its starter until the record names it: a starter that dies
+        # mid-start leaves no server without a record behind.
+        owner = os.getpid() if record else (self.owner_pid or os.getpid())
+        owned_by = (str(record[0]), record[1]) if record else None
         environment = self.environment(config)
         started = time.monotonic()
         if self.prefork:
-            handle = self._fork_warm(config, port, log_path, owner, environment)
+            handle = self._fork_warm(config, port, log_path, owner, environment, owned_by)
         else:
-            handle = self._start_cold(config, port, log_path, owner, environment)
+            handle = self._start_cold(config, port, log_path, owner, environment, owned_by)
         try:
             wait_until_ready(
                 handle.base_url, config.served_model_name, config.startup_timeout_s, handle.is_running
@@ -206,8 +212,9 @@ class LocalLauncher:
         handle.started_s = time.monotonic() - started
         return handle
 
-    def _start_cold(self, config, port, log_path, owner, environment) -> ServerHandle:
-        guardian = [self.python, "-m", "serving.guardian", str(owner), "--", *self.command(config, port)]
+    def _start_cold(self, config, port, log_path, owner, environment, record=None) -> ServerHandle:
+        ownership = ["--record", *record] if record else []
+        guardian = [self.python, "-m", "serving.guardian", str(owner), *ownership, "--", *self.command(config, port)]
         with open(log_path, "w") as log:
             process = subprocess.Popen(
                 guardian, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=environment,
@@ -216,12 +223,12 @@ class LocalLauncher:
         return ServerHandle(config=config, base_url=f"http://{config.host}:{port}/v1", port=port, log_path=log_path,
                             _process=process)
 
-    def _fork_warm(self, config, port, log_path, owner, environment) -> ServerHandle:
+    def _fork_warm(self, config, port, log_path, owner, environment, record=None) -> ServerHandle:
         log_path.write_text("")
         client = PreforkClient(self.python, self.log_dir, environment, _PROJECT_ROOT)
         try:
             pid = client.spawn(vllm_server_args(config, str(config.model_dir), port), environment, log_path, owner,
-                               config.stop_grace_s)
+                               config.stop_grace_s, record=record, launcher_owner=self.owner_pid or os.getpid())
         except (PreforkError, OSError) as error:
             raise LaunchError(f"could not start {config.served_model_name} through the warm launcher: {error}. "
                               "FLEDGE_PREFORK=0 starts servers without it.") from None

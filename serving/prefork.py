@@ -75,13 +75,16 @@ class PreforkClient:
         self.cwd = cwd
         self.path = socket_path(python)
 
-    def spawn(self, argv: list[str], env: dict[str, str], log_path: Path, owner_pid: int, grace_s: float) -> int:
-        """Fork a guarded server running vLLM's OpenAI server with `argv`; its guardian's pid."""
+    def spawn(self, argv: list[str], env: dict[str, str], log_path: Path, owner_pid: int, grace_s: float,
+              record: tuple[str, str] | None = None, launcher_owner: int | None = None) -> int:
+        """Fork a guarded server running vLLM's OpenAI server with `argv`; its guardian's pid.
+        `record` (INSTANCES_JSON, KEY): the fleet record that owns the server once it names it
+        (serving.guardian); `launcher_owner`: whose death ends a launcher started now."""
         request = {"argv": argv, "env": env, "log": str(log_path), "cwd": self.cwd, "owner": owner_pid,
-                   "grace_s": grace_s}
+                   "grace_s": grace_s, "record": list(record) if record else None}
         with self._launcher_lock():
             if not self._answers():
-                self._start_launcher(owner_pid)
+                self._start_launcher(launcher_owner or owner_pid)
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
             connection.settimeout(30)
             connection.connect(str(self.path))
@@ -176,7 +179,9 @@ def _guarded_server(request: dict) -> None:
     server = os.fork()
     if server == 0:
         _run_vllm(request["argv"])
-    code = guardian.supervise(_ForkedChild(server), int(request["owner"]), float(request["grace_s"]))
+    record = request.get("record")
+    code = guardian.supervise(_ForkedChild(server), int(request["owner"]), float(request["grace_s"]),
+                              record=tuple(record) if record else None)
     os._exit(code)
 
 

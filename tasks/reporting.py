@@ -4,6 +4,7 @@ documents in the release's MLflow run, each linked to the other."""
 from __future__ import annotations
 
 import base64
+import json
 import os
 
 from prefect import task
@@ -12,9 +13,10 @@ from prefect.cache_policies import NO_CACHE
 
 from evals.verdict import ReleaseVerdict
 from fledge.core import tags
+from fledge.services.plane import connect_plane
 from serving.canary.controller import RolloutState
 from serving.canary.timeline import timeline_markdown, timeline_png, timeline_rows
-from tasks.common import TRANSIENT, workspace
+from tasks.common import TRANSIENT, say, workspace
 
 
 def _artifact_key(kind: str, model: str) -> str:
@@ -86,3 +88,20 @@ def publish_summary(model: str, run_id: str, summary_markdown: str, details: dic
                              description=f"Release of {details.get('candidate')}: {details.get('outcome')}")
     runs.log_text(run_id, "release.md", summary_markdown)
     runs.log_json(run_id, "release.json", details)
+
+
+@task(name="publish gateway audit", cache_policy=NO_CACHE)
+def publish_gateway_audit(model: str, run_id: str, after_seq: int) -> int | None:
+    """The gateway's admin changes made since the release began (its own and anyone else's),
+    as `gateway_audit.jsonl` in the release's MLflow run. Returns how many; None when the
+    gateway cannot be reached (a release that failed because of it still ends with its own
+    error, not this one: the audit log stays in the gateway's state directory)."""
+    try:
+        entries = connect_plane(workspace().home, model).admin.audit(after=after_seq)
+    except Exception as error:
+        say()(f"The gateway's audit log could not be read for the MLflow run ({type(error).__name__}: {error}); "
+              f"it stays in {workspace().home.files.audit}")
+        return None
+    workspace().registry.runs.log_text(run_id, "gateway_audit.jsonl",
+                                       "".join(json.dumps(entry, sort_keys=True) + "\n" for entry in entries))
+    return len(entries)

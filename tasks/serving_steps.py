@@ -19,7 +19,7 @@ from fledge.services.plane import connect_plane, fleet_for, serve_version
 from serving.canary.controller import RolloutState
 from serving.canary.watch import judge_watch
 from serving.canary.window import VersionWindow
-from serving.gateway.routes import Backend, RouteTable
+from serving.gateway.routes import Backend, RouteChangeRefused, RouteTable
 from serving.naming import baseline_key, instance_key, stale_staging_copies
 from tasks.common import TRANSIENT, say, workspace
 
@@ -82,21 +82,31 @@ def _traffic_back(transaction: Transaction) -> None:
 
 @task(name="restore traffic", cache_policy=NO_CACHE, **TRANSIENT)
 def restore_traffic(model: str, routes_before: dict | None) -> None:
+    """The split from before the release, on the instances that serve now (a restarted one
+    answers on another port); backends with no live instance are left out, and when none of
+    them lives the current stable keeps its traffic."""
     if routes_before is None:
         return
     plane = connect_plane(workspace().home, model)
-    table = RouteTable.model_validate(routes_before)
+    snapshot = RouteTable.model_validate(routes_before)
+    live = {key: record.base_url for key in snapshot.backends if (record := plane.fleet.get(key)) is not None}
+    try:
+        table = snapshot.restored_on(live)
+    except RouteChangeRefused as error:
+        say()(f"Traffic not put back ({error}): the current split stays, on backends that answer")
+        return
     plane.admin.put_routes(table)
     split = ", ".join(f"{b.version} {b.weight} %" for b in table.backends.values())
     say()(f"Traffic put back as before the release: {split}")
 
 
 @task(name="previous champion's figures", cache_policy=NO_CACHE, **TRANSIENT)
-def stable_figures(model: str, stable_ref: str, since: float) -> VersionWindow:
-    """What users of the previous champion saw while the canary ran: its stable instance and
-    its baseline instance together (at a 50 % step the baseline serves all of them)."""
+def stable_figures(model: str, stable_ref: str, after_seq: int) -> VersionWindow:
+    """What users of the previous champion saw while the canary ran (every observation the
+    gateway numbered after `after_seq`): its stable instance and its baseline instance
+    together (at a 50 % step the baseline serves all of them)."""
     plane = connect_plane(workspace().home, model)
-    return VersionWindow.from_observations(stable_ref, plane.admin.observations(since=since),
+    return VersionWindow.from_observations(stable_ref, plane.admin.observations(after=after_seq),
                                            route_keys={stable_ref, baseline_key(stable_ref)})
 
 
@@ -108,12 +118,14 @@ def watch_new_champion(model: str, new_ref: str, watch: WatchPolicy, poll_second
     ends without a pass."""
     log = say()
     plane = connect_plane(workspace().home, model)
-    started = time.time()
-    end = started + watch.window_seconds
+    # The window is every observation the gateway numbers from now on; its length is kept by
+    # the monotonic clock, which never steps.
+    after = plane.admin.sequence()
+    end = time.monotonic() + watch.window_seconds
     log(f"Watching {new_ref} for {watch.window_seconds:g} s with the previous champion kept warm")
     while True:
-        closed = time.time() >= end
-        figures = VersionWindow.from_observations(new_ref, plane.admin.observations(since=started))
+        closed = time.monotonic() >= end
+        figures = VersionWindow.from_observations(new_ref, plane.admin.observations(after=after))
         result = judge_watch(figures, previous, watch, window_closed=closed)
         if result.outcome is Outcome.FAIL:
             raise WatchBreach(result)

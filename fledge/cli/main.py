@@ -25,6 +25,8 @@ zoo_app = typer.Typer(help="The zoo of tiny locally trained models with known gr
 app.add_typer(zoo_app, name="zoo")
 cache_app = typer.Typer(help="Reused evaluation results of champions.", no_args_is_help=True)
 app.add_typer(cache_app, name="cache")
+fleet_app = typer.Typer(help="The vLLM servers of this Fledge home: they outlive the gateway.", no_args_is_help=True)
+app.add_typer(fleet_app, name="fleet")
 console = Console()
 
 
@@ -324,7 +326,8 @@ def gateway(
 ) -> None:
     """Run the serving plane of NAME until Ctrl-C: the OpenAI-compatible gateway with
     NAME@champion behind it. Clients use model name NAME; releases (`fledge release`) add their
-    canaries behind it, and the servers they start belong to this process.
+    canaries behind it. The vLLM servers outlive it: a gateway started again re-attaches to the
+    ones still serving (same port: same URL for clients); `fledge fleet stop` stops them.
 
     The admin token is in FLEDGE_HOME/state/gateway-admin-token (or FLEDGE_GATEWAY_ADMIN_TOKEN).
 
@@ -336,14 +339,14 @@ def gateway(
     home = FledgeHome.from_env().ensure()
     with run_plane(home, name, load_policy(policy_file).serving, open_registry(home), host=host, port=port,
                    log=lambda line: console.print(line, highlight=False)) as plane:
-        console.print(f"Gateway for [bold]{name}[/] at [bold]{plane.url}/v1[/]. Ctrl-C stops it and every server "
-                      "behind it.", highlight=False)
+        console.print(f"Gateway for [bold]{name}[/] at [bold]{plane.url}/v1[/]. Ctrl-C stops the gateway; the "
+                      "servers behind it keep serving (`fledge fleet stop` stops them).", highlight=False)
         signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
         try:
             while True:
                 time.sleep(1)
         except KeyboardInterrupt:
-            console.print("Stopping the gateway and its servers...")
+            console.print("Stopping the gateway (the servers keep serving; `fledge fleet stop` stops them)...")
 
 
 @app.command()
@@ -530,6 +533,37 @@ def promote(
     promote_target(open_registry(), parsed.name, parsed.version, allow_unevaluated=False)
     change = promote_flow(parsed.name, parsed.version, reason=reason)
     console.print(f"[green]Promoted[/] {change.champion_after} (was {change.champion_before})", highlight=False)
+
+
+@fleet_app.command("list")
+@friendly
+def fleet_list() -> None:
+    """Every recorded vLLM server of this home, and how long its lease has left."""
+    from fledge.services.plane import fleet_for
+
+    home = FledgeHome.from_env().ensure()
+    table = Table(title="vLLM servers")
+    for column in ("instance", "url", "pid", "up", "lease left"):
+        table.add_column(column)
+    now = time.monotonic()
+    for record in fleet_for(home).records().values():
+        lease = f"{record.lease_expires - now:.0f} s" if record.lease_expires is not None else "-"
+        table.add_row(record.key, record.base_url, str(record.pid), f"{time.time() - record.started_at:.0f} s", lease)
+    console.print(table)
+
+
+@fleet_app.command("stop")
+@friendly
+def fleet_stop() -> None:
+    """Stop every vLLM server of this home (adapters first). A gateway still running keeps its
+    routes and answers 502/503 until `fledge gateway` is started again.
+
+    Example: `fledge fleet stop`
+    """
+    from fledge.services.plane import stop_serving
+
+    stopped = stop_serving(FledgeHome.from_env().ensure())
+    console.print(f"Stopped {len(stopped)} server(s){': ' + ', '.join(stopped) if stopped else ''}", highlight=False)
 
 
 @app.command()

@@ -68,7 +68,11 @@ class CanaryPolicy(_Strict):
     bake_seconds: float = Field(gt=0)
     analysis_interval_seconds: float = Field(gt=0)
     min_samples: int = Field(ge=1, description="Per version per window; fewer is inconclusive.")
-    max_error_rate: float = Field(ge=0, le=1, description="Above this the canary fails at once.")
+    max_error_rate: float = Field(ge=0, le=1, description=(
+        "A canary whose error rate is confidently above this (or above the baseline's) fails at once."))
+    ruled_out_error_rate: float = Field(0.10, gt=0, le=1, description=(
+        "A canary passes the error check only once an error rate this high is ruled out at the policy's "
+        "confidence (0.10 at 0.95: 29 requests without a failure, 46 with one)."))
     max_latency_ratio: float = Field(ge=1, description="Canary/stable latency ratio above which it fails.")
     confidence: float = Field(gt=0.5, lt=1, description="Latency checks at the look that ends a step's bake.")
     interim_p_value: float = Field(
@@ -79,6 +83,27 @@ class CanaryPolicy(_Strict):
     baseline_instance: bool = Field(description=(
         "Judge the canary against a second instance of the stable version started with it (one more "
         "server during the canary) instead of the instance that has served production all along."))
+    progress_deadline_seconds: float = Field(120, gt=0, description=(
+        "The longest a rollout may stay in one step without a decision (inconclusive windows, the "
+        "gateway or a backend unreachable): past it, it rolls back."))
+
+    @field_validator("ruled_out_error_rate")
+    @classmethod
+    def _above_the_limit(cls, ruled_out: float, info) -> float:
+        limit = info.data.get("max_error_rate")
+        if limit is not None and ruled_out <= limit:
+            raise ValueError(f"ruled_out_error_rate {ruled_out:g} must be above max_error_rate {limit:g}: it is the "
+                             "rate a passing canary is shown not to have (e.g. twice the limit)")
+        return ruled_out
+
+    @field_validator("progress_deadline_seconds")
+    @classmethod
+    def _longer_than_the_bake(cls, deadline: float, info) -> float:
+        bake = info.data.get("bake_seconds")
+        if bake is not None and deadline <= bake:
+            raise ValueError(f"progress_deadline_seconds {deadline:g} must be longer than bake_seconds {bake:g}: "
+                             "a step needs its bake before it can be decided")
+        return deadline
 
     @field_validator("steps")
     @classmethod
@@ -110,6 +135,29 @@ class WatchPolicy(_Strict):
     max_ttft_p95_ms: float = Field(gt=0)
     max_itl_p95_ms: float = Field(gt=0)
     max_ratio_vs_previous: float = Field(ge=1)
+    confidence: float = Field(0.95, gt=0.5, lt=1, description="The error rule's level when the window closes.")
+    interim_p_value: float = Field(0.001, gt=0, lt=0.5, description=(
+        "The error rule's level at the looks while the window runs (the watch looks every analysis interval)."))
+
+
+class GatewayPolicy(_Strict):
+    """What the gateway accepts and how it protects itself and its backends."""
+
+    max_body_bytes: int = Field(1_048_576, ge=1024, description="A larger request body is refused with 413.")
+    max_json_depth: int = Field(32, ge=2, description="Deeper nesting of the request's JSON is refused with 400.")
+    max_json_values: int = Field(100_000, ge=10, description="More values (objects, arrays, scalars) is refused with 400.")
+    max_concurrency: int = Field(256, ge=1, description=(
+        "Client requests the gateway serves at once; one more is answered 503 with Retry-After."))
+    connections_per_backend: int = Field(64, ge=1, description=(
+        "Each backend has its own connection pool, so one saturated backend never starves the others."))
+    retry_budget: float = Field(0.2, ge=0, le=1, description=(
+        "Retries on the stable version are at most this share of requests (plus a reserve of `retry_reserve`), "
+        "so a failing canary cannot double stable's load."))
+    retry_reserve: int = Field(10, ge=0, description="Retries allowed before any request paid into the budget.")
+    eject_after_failures: int = Field(3, ge=1, description=(
+        "A backend that fails this many requests in a row (5xx, broken streams) is ejected from the split; a "
+        "refused connection ejects at once (Envoy's outlier detection)."))
+    ejection_seconds: float = Field(10, gt=0, description="How long an ejected backend stays out before it is tried again.")
 
 
 class LoraPolicy(_Strict):
@@ -135,6 +183,7 @@ class ServingPolicy(_Strict):
         True, description="After a release that leaves the champion as it was (rejected, rolled back), keep the "
         "champion's staging copy running with no traffic, so the next release against it starts one server fewer.")
     lora: LoraPolicy = Field(default_factory=LoraPolicy)
+    gateway: GatewayPolicy = Field(default_factory=GatewayPolicy)
 
 
 class SchedulePolicy(_Strict):

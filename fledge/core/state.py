@@ -86,6 +86,7 @@ class StatePaths:
     instance_starts: Path  # one JSON line per server start: what serving cost, for reports
     plane: Path  # where the running serving plane (gateway) listens, and its pid
     routes: Path  # the gateway's route table, persisted so a restarted gateway keeps the split
+    audit: Path  # every admin change of the gateway, one JSON line each (serving.gateway.audit)
     admin_token: Path
     quantized: Path  # scratch space for quantized checkpoints before they are registered
 
@@ -93,7 +94,8 @@ class StatePaths:
     def under(cls, root: Path) -> "StatePaths":
         return cls(root=root, instances=root / "instances.json", instances_lock=root / "instances.lock",
                    instance_starts=root / "instance-starts.jsonl", plane=root / "gateway.json",
-                   routes=root / "gateway-routes.json", admin_token=root / "gateway-admin-token",
+                   routes=root / "gateway-routes.json", audit=root / "gateway-audit.jsonl",
+                   admin_token=root / "gateway-admin-token",
                    quantized=root / "quantized")
 
     def release(self, model: str) -> Path:

@@ -50,7 +50,7 @@ def _reset(registry, home: FledgeHome, name: str, champion_version: str) -> None
 def run_demo(name: str, console: Console, policy_file: str | None = None) -> list:
     from flows.release import release
     from flows.rollback import rollback
-    from fledge.services.plane import run_plane
+    from fledge.services.plane import run_plane, stop_serving
     from fledge.devtools.traffic import SyntheticUsers
     from fledge.devtools.zoo.build import build_zoo
     from serving.engine import supported_architectures
@@ -106,7 +106,8 @@ def run_demo(name: str, console: Console, policy_file: str | None = None) -> lis
             console.print(f"[bold]{summary.outcome.value.upper()}[/] at {summary.stage}: {summary.reason}", highlight=False)
         finally:
             traffic = users.stop()
-        starts = plane.fleet.start_intervals(started_at)
+            starts = plane.fleet.start_intervals(started_at)
+            stop_serving(home)  # the demo is self-contained: its servers go with it
 
     total = time.monotonic() - started
     _print_summary(console, name, results, traffic, total, zoo_seconds, starts, home)

@@ -3,9 +3,13 @@ behind it. It outlives any release: `fledge gateway NAME` (or the demo) runs it,
 other process reaches it through `connect_plane`, which reads what the plane recorded in
 FLEDGE_HOME/state.
 
-The instances belong to the plane's process (their guardians watch its pid), so a promoted
-candidate keeps serving after the release run ends, a release run killed half-way leaves its
-canary serving for the re-run to resume, and stopping the plane stops every instance.
+The instances belong to their fleet records (serving.fleet), whose leases the plane keeps: a
+promoted candidate keeps serving after the release run ends, a release run killed half-way
+leaves its canary serving, and stopping or crashing the plane leaves every instance serving.
+A plane that starts re-attaches first: it keeps every recorded instance that answers its
+health check, stops the others, and takes the persisted routes only where they lead to a live
+instance, all before the gateway answers a request. Stopping the instances is its own,
+explicit step (`stop_serving`, `fledge fleet stop`).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from registry.store import ModelRegistry, VersionInfo
 from serving.engine import supported_architectures
 from serving.fleet import Fleet, InstanceRecord
 from serving.gateway.client import GatewayAdmin
-from serving.gateway.routes import Backend, RouteTable
+from serving.gateway.routes import Backend, RouteChangeRefused, RouteTable, load_routes, save_routes
 from serving.gateway.server import BackgroundGateway, admin_token, build_gateway
 from serving.launcher import LocalLauncher
 from serving.naming import instance_key
@@ -56,11 +60,33 @@ def read_plane_record(home: FledgeHome) -> dict | None:
 
 
 def fleet_for(home: FledgeHome) -> Fleet:
-    """The instances of this home. New ones belong to the running plane's process when there
-    is one (so they outlive this process), else to this process."""
+    """The instances of this home. A new one belongs to its record once it is ready (until
+    then to this process); the running plane keeps its lease, as does this process while it
+    lives. The warm launcher is the plane's, when one runs."""
     record = read_plane_record(home)
     owner = record["pid"] if record else None
     return Fleet(home.state, LocalLauncher(home.logs, owner_pid=owner))
+
+
+def stop_serving(home: FledgeHome) -> list[str]:
+    """Stop every instance of this home (adapters first) and remove their records; the routes
+    are left as they are (a plane started later serves the champion again)."""
+    return Fleet(home.state, LocalLauncher(home.logs)).stop_all()
+
+
+def reconcile_routes(table: RouteTable | None, live: dict[str, InstanceRecord]) -> RouteTable | None:
+    """The persisted routes kept only where they lead to a live instance: a backend is live
+    when an instance serving its model name listens at its URL; the share of a dead one goes
+    to the stable backend (serving.gateway.routes.RouteTable.reconciled). None when no live
+    backend is left to take the traffic."""
+    if table is None:
+        return None
+    serving = {(r.base_url, r.served_model_name) for r in live.values()}
+    healthy = {k for k, b in table.backends.items() if (b.base_url, b.upstream_model) in serving}
+    try:
+        return table.reconciled(healthy)
+    except RouteChangeRefused:
+        return None
 
 
 def serve_version(
@@ -144,19 +170,35 @@ def run_plane(
     home: FledgeHome, model: str, serving: ServingPolicy, registry: ModelRegistry,
     host: str = "127.0.0.1", port: int | None = None, log: Callable[[str], None] = print,
 ) -> Iterator[ServingPlane]:
-    """Run the gateway in this process with MODEL@champion behind it at 100 %; on exit stop
-    the gateway and every instance of this home."""
+    """Run the gateway in this process with MODEL@champion behind it: re-attach to the
+    instances still serving, keep the persisted split where it leads to live instances (a
+    canary in progress keeps its share), else put the champion at 100 %. On exit the gateway
+    stops and the instances keep serving, their leases no longer renewed by this process."""
     home.ensure()
-    with BackgroundGateway(build_gateway(home.state), host=host, port=port) as gateway:
-        write_json(home.files.plane, {"url": gateway.url, "model": model, "pid": os.getpid()})
-        fleet = Fleet(home.state, LocalLauncher(home.logs, owner_pid=os.getpid()))
-        admin = GatewayAdmin(gateway.url, admin_token(home.state))
-        try:
-            log(f"Serving {model}@{CHAMPION} behind the gateway at {gateway.url}/v1 (vLLM start: about a minute)")
-            champion, _ = serve_version(registry, home, serving, f"{model}@{CHAMPION}", fleet)
-            admin.put_routes(RouteTable.serving_only(model, Backend(version=champion.served_model_name,
-                                                                    base_url=champion.base_url)))
-            yield ServingPlane(home, admin, fleet)
-        finally:
-            fleet.stop_all()
-            home.files.plane.unlink(missing_ok=True)
+    fleet = Fleet(home.state, LocalLauncher(home.logs, owner_pid=os.getpid()))
+    kept, removed = fleet.reattach()
+    if kept or removed:
+        log(f"Re-attached to {len(kept)} running instance(s){': ' + ', '.join(kept) if kept else ''}"
+            + (f"; stopped {len(removed)} that did not answer: {', '.join(removed)}" if removed else ""))
+    fleet.keep_leases(every_record=True)
+    champion, started = serve_version(registry, home, serving, f"{model}@{CHAMPION}", fleet)
+    if started:
+        log(f"Serving {model}@{CHAMPION} ({champion.served_model_name}): started at {champion.base_url}")
+    routes = reconcile_routes(load_routes(home.files.routes), fleet.records())
+    stable = routes.stable() if routes else None
+    if routes is None or routes.model != model or stable is None or (stable.version, stable.base_url) != (
+            champion.served_model_name, champion.base_url):
+        routes = RouteTable.serving_only(model, Backend(version=champion.served_model_name, base_url=champion.base_url))
+    save_routes(routes, home.files.routes)  # before the gateway loads them: it never answers from stale routes
+    try:
+        with BackgroundGateway(build_gateway(home.state, serving.gateway), host=host, port=port) as gateway:
+            write_json(home.files.plane, {"url": gateway.url, "model": model, "pid": os.getpid()})
+            admin = GatewayAdmin(gateway.url, admin_token(home.state))
+            split = ", ".join(f"{k} {b.weight} %" for k, b in routes.backends.items() if b.weight)
+            log(f"Gateway for {model} at {gateway.url}/v1: {split}")
+            try:
+                yield ServingPlane(home, admin, fleet)
+            finally:
+                home.files.plane.unlink(missing_ok=True)
+    finally:
+        fleet.release_leases()

@@ -69,6 +69,7 @@ class ReleaseRecord(BaseModel):
     mlflow_run_id: str
     policy: ReleasePolicy  # the content every gate of this release uses, whatever the file says later
     flow_run_ids: list[str] = Field(default_factory=list)
+    audit_seq: int = 0  # the gateway's audit log before the release: the release's MLflow run carries what follows
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,7 @@ class ReleaseTarget:
     candidate: VersionInfo
     champion: VersionInfo
     routes: RouteTable | None
+    audit_seq: int = 0  # the newest entry of the gateway's audit log when the release was checked
 
 
 def _candidate_ref(model: str, candidate: str) -> str:
@@ -102,7 +104,7 @@ def preflight(model: str, candidate: str, policy: ReleasePolicy, auto_approve: b
         # A run of this release was killed, perhaps after the promotion: the record holds the
         # champion and the traffic from before it, and the re-run continues from there.
         champion = registry.get_version(model, in_progress.champion.rsplit("/", 1)[1])
-        return ReleaseTarget(candidate_version, champion, plane.routes())
+        return ReleaseTarget(candidate_version, champion, plane.routes(), in_progress.audit_seq)
     champion = registry.resolve(f"{model}@{CHAMPION}")
     if candidate_version.ref == champion.ref:
         raise ReleaseInputError(f"{candidate_version.ref} is already the champion of {model}; nothing to release.")
@@ -121,7 +123,7 @@ def preflight(model: str, candidate: str, policy: ReleasePolicy, auto_approve: b
             f"The gateway's stable version is {stable.version if stable else 'nothing'}, but the registry's champion is "
             f"{champion.ref}. Restart `fledge gateway {model}` so it serves the champion, then release again."
         )
-    return ReleaseTarget(candidate_version, champion, routes)
+    return ReleaseTarget(candidate_version, champion, routes, plane.admin.audit_seq())
 
 
 def rollback_target(registry: ModelRegistry, model: str) -> str:

@@ -4,7 +4,6 @@ place and drives the rollout, resuming a saved one."""
 
 from __future__ import annotations
 
-import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Callable
@@ -65,6 +64,6 @@ def run_canary(
 def live_figures(admin: GatewayAdmin, seconds: float = 60.0) -> dict[str, VersionWindow]:
     """What each route key's users saw over the last `seconds`."""
     by_key = defaultdict(list)
-    for observation in admin.observations(since=time.time() - seconds):
+    for observation in admin.recent(seconds):
         by_key[observation.version].append(observation)
     return {key: VersionWindow.from_observations(key, observations) for key, observations in by_key.items()}

@@ -5,46 +5,59 @@ version started with the canary and given the same share (Kayenta's practice), s
 instance's age and history are not part of what is compared; otherwise the stable instance.
 Below, "stable" is whichever reference the window is judged against.
 
-Pure: no I/O, no clock. Rules, in order:
-1. Errors: the canary fails at once when its error rate is confidently above the limit (the
-   lower bound of its Wilson interval exceeds it), however few requests it saw.
-2. Refusals: requests the canary refuses (4xx) at a rate above stable's by more than the
-   limit (Fisher's exact test) fail it at once too.
-3. Samples: fewer than the minimum on either side is inconclusive, never a pass.
-4. Latency (time per output token, TTFT): the canary fails when it is confidently slower than
+Pure: no I/O, no clock. Requests a client pinned to a version and requests the client
+cancelled are not part of the sample (serving.canary.window). Rules, in order:
+1. Ejection: a canary the gateway's outlier detection ejected (refused connections, failures
+   in a row) fails at once; an ejected reference makes the comparison an error.
+2. Errors (serving.canary.rates): the canary fails when its error rate is confidently above
+   the limit or above the reference's; above the limit but not yet confidently is
+   inconclusive, and so is a window that cannot yet rule out `ruled_out_error_rate` (0.10:
+   29 requests without a failure), so a canary failing 10 % of requests is never promoted on
+   the strength of a lucky 30.
+3. Refusals: requests the canary refuses (4xx) at a rate above stable's by more than the
+   limit (Fisher's exact test) fail it; client cancellations are compared the same way, as
+   evidence that users gave up on it.
+4. Samples: fewer than the minimum on either side is inconclusive, never a pass.
+5. Latency (time per output token, TTFT): the canary fails when it is confidently slower than
    the policy tolerates, a one-sided Mann-Whitney U test of its latencies against stable's
    scaled by `max_latency_ratio`. Testing "slower at all" instead fails good canaries at the
    test's level on every check of every step (measured: 12 of 124 A/A windows on 2 cores).
 
-The driver looks at a step's growing window every interval, so latency follows a
+The driver looks at a step's growing window every interval, so every test follows a
 Haybittle-Peto boundary: looks before the step has baked fail only at `interim_p_value`, the
-look that ends the bake at 1 - `confidence`. Errors and refusals may stop the canary at any
-look: they harm users now, and a version that neither errs nor refuses cannot trip them.
+look that ends the bake (and any after it) at 1 - `confidence`. A canary that never errs
+cannot trip the error rule at any look; one that fails every request fails it at any look
+after its third failed request (binomial p = 0.05**3, under the interim level 0.001).
 """
 
 from __future__ import annotations
 
 import statistics
+from typing import Mapping
 
 from scipy import stats
 
 from fledge.core.outcome import Check, GateResult, Outcome
 from fledge.core.policy import CanaryPolicy
+from serving.canary.rates import excess_rate_check
 from serving.canary.window import VersionWindow
 
 
-def _refusal_check(stable: VersionWindow, canary: VersionWindow, policy: CanaryPolicy) -> Check | None:
-    if not canary.requests or not stable.requests or not canary.rejected:
+def _more_often_check(name: str, what: str, canary: tuple[int, int], stable: tuple[int, int], policy: CanaryPolicy,
+                      level: float) -> Check | None:
+    """Fails when the canary's share (count, total) is confidently above stable's by more than
+    the error limit: refusals, cancellations."""
+    (count, total), (stable_count, stable_total) = canary, stable
+    if not total or not stable_total or not count:
         return None
-    canary_rate, stable_rate = canary.rejected / canary.requests, stable.rejected / stable.requests
-    table = [[canary.rejected, canary.requests - canary.rejected], [stable.rejected, stable.requests - stable.rejected]]
+    canary_rate, stable_rate = count / total, stable_count / stable_total
+    table = [[count, total - count], [stable_count, stable_total - stable_count]]
     p_value = float(stats.fisher_exact(table, alternative="greater").pvalue)
-    failing = p_value < 1 - policy.confidence and canary_rate - stable_rate > policy.max_error_rate
+    failing = p_value < level and canary_rate - stable_rate > policy.max_error_rate
     return Check(
-        name="refused requests", outcome=Outcome.FAIL if failing else Outcome.PASS, measured=canary_rate,
+        name=name, outcome=Outcome.FAIL if failing else Outcome.PASS, measured=canary_rate,
         limit=stable_rate + policy.max_error_rate,
-        detail=f"{canary.rejected}/{canary.requests} refused by the canary vs {stable.rejected}/{stable.requests} "
-        f"by stable (Fisher p={p_value:.3g})",
+        detail=f"{count}/{total} {what} by the canary vs {stable_count}/{stable_total} by stable (Fisher p={p_value:.3g})",
     )
 
 
@@ -67,25 +80,39 @@ def _latency_check(name: str, stable: list[float], canary: list[float], policy: 
     return Check(name=name, outcome=outcome, measured=ratio, limit=policy.max_latency_ratio, detail=detail)
 
 
-def analyze(stable: VersionWindow, canary: VersionWindow, policy: CanaryPolicy, final_look: bool = True) -> CanaryAnalysis:
-    """`final_look`: this analysis ends the step's bake (a one-off analysis is a final look)."""
+def analyze(stable: VersionWindow, canary: VersionWindow, policy: CanaryPolicy, final_look: bool = True,
+            ejected: Mapping[str, str] | None = None) -> CanaryAnalysis:
+    """`final_look`: this analysis ends the step's bake (a one-off analysis is a final look).
+    `ejected`: the route keys the gateway's outlier detection has ejected, with why."""
+    ejected = ejected or {}
+    level = 1 - policy.confidence if final_look else policy.interim_p_value
     checks: list[Check] = []
+    if canary.version in ejected:
+        checks.append(Check(name="outlier ejection", outcome=Outcome.FAIL,
+                            detail=f"the gateway ejected the canary: {ejected[canary.version]}"))
+        return CanaryAnalysis.from_checks("canary", checks)
+    if stable.version in ejected:
+        checks.append(Check(name="outlier ejection", outcome=Outcome.ERROR,
+                            detail=f"the gateway ejected the reference {stable.version} ({ejected[stable.version]}): "
+                            "the canary cannot be compared with it"))
+        return CanaryAnalysis.from_checks("canary", checks)
     if canary.requests:
-        rate = canary.errors / canary.requests
-        low = stats.binomtest(canary.errors, canary.requests).proportion_ci(policy.confidence, method="wilson").low
-        failing = low > policy.max_error_rate
-        checks.append(Check(
-            name="canary errors", outcome=Outcome.FAIL if failing else Outcome.PASS, measured=rate,
-            limit=policy.max_error_rate,
-            detail=f"{canary.errors}/{canary.requests} failed ({rate:.1%}; lower bound {low:.1%})",
-        ))
-        if failing:  # fail at once: no need to wait for the samples or the window
+        errors = excess_rate_check("canary errors", canary.errors, canary.requests, stable.errors, stable.requests,
+                                   policy.max_error_rate, level, ruled_out=policy.ruled_out_error_rate,
+                                   pass_level=1 - policy.confidence)
+        checks.append(errors)
+        if errors.outcome is Outcome.FAIL:  # at once: no need to wait for the samples or the window
             return CanaryAnalysis.from_checks("canary", checks)
-    refusals = _refusal_check(stable, canary, policy)
-    if refusals is not None:
-        checks.append(refusals)
-        if refusals.outcome is Outcome.FAIL:
-            return CanaryAnalysis.from_checks("canary", checks)
+    for check in (
+        _more_often_check("refused requests", "refused", (canary.rejected, canary.requests),
+                          (stable.rejected, stable.requests), policy, 1 - policy.confidence),
+        _more_often_check("cancelled requests", "cancelled by clients", (canary.cancelled, canary.requests + canary.cancelled),
+                          (stable.cancelled, stable.requests + stable.cancelled), policy, level),
+    ):
+        if check is not None:
+            checks.append(check)
+            if check.outcome is Outcome.FAIL:
+                return CanaryAnalysis.from_checks("canary", checks)
     if canary.requests < policy.min_samples or stable.requests < policy.min_samples:
         checks.append(Check(
             name="samples", outcome=Outcome.INCONCLUSIVE, measured=float(min(canary.requests, stable.requests)),

@@ -3,6 +3,9 @@
 `decide(state, analysis, policy, now, command)` returns the next action; `advance(state,
 action, now)` returns the state after it was applied. Neither does I/O: the driver applies
 actions to the gateway and saves the state, so a restarted controller resumes from it.
+
+`now` is the driver's monotonic clock (it never steps); which observations belong to a step
+is decided by the gateway's sequence numbers (`step_started_seq`), never by time.
 """
 
 from __future__ import annotations
@@ -67,6 +70,10 @@ class RolloutState(BaseModel):
     step: int = -1
     canary_weight: int = 0
     step_started_at: float | None = None
+    # The gateway's observation sequence number when the rollout started and when the current
+    # step's weights were set: the step's window is every observation after it.
+    started_seq: int = 0
+    step_started_seq: int = 0
     inconclusive_windows: int = 0
     failed_checks: list[str] = Field(default_factory=list)
     history: list[HistoryEntry] = Field(default_factory=list)
@@ -78,8 +85,12 @@ Command = Literal["abort", "promote"]
 def step_baked(state: RolloutState, policy: CanaryPolicy, now: float) -> bool:
     """Whether the current step has been watched for its full bake: the look at that moment
     is the step's final one, judged at the policy's nominal confidence."""
+    return step_age(state, now) >= policy.bake_seconds
+
+
+def step_age(state: RolloutState, now: float) -> float:
     started = now if state.step_started_at is None else state.step_started_at
-    return now - started >= policy.bake_seconds
+    return max(0.0, now - started)
 
 
 def decide(
@@ -102,6 +113,9 @@ def decide(
     baked = step_baked(state, policy, now)
     if outcome in (Outcome.INCONCLUSIVE, Outcome.ERROR):
         why = "; ".join(analysis.reasons) if analysis is not None else "no analysis"
+        if step_age(state, now) >= policy.progress_deadline_seconds:
+            return Action(kind=ActionKind.ROLLBACK, reason=f"no decision {policy.progress_deadline_seconds:g} s into the "
+                          f"{state.canary_weight} % step (the policy's progress deadline): no data is never a pass ({why})")
         # A window still filling during the bake is not evidence; a step that baked its full
         # time and still cannot be judged is, after a few more windows.
         if not baked:
@@ -121,11 +135,16 @@ def decide(
     return Action(kind=ActionKind.SET_WEIGHT, weight=weight, reason=f"baked {policy.bake_seconds:g} s at {state.canary_weight} %; step up")
 
 
-def advance(state: RolloutState, action: Action, now: float, analysis: CanaryAnalysis | None = None) -> RolloutState:
+def advance(state: RolloutState, action: Action, now: float, analysis: CanaryAnalysis | None = None,
+            sequence: int | None = None) -> RolloutState:
+    """`sequence`: the gateway's newest observation number once the action was applied (the
+    next step's window starts after it)."""
     update: dict = {}
     if action.kind is ActionKind.SET_WEIGHT:
         update = {"phase": Phase.BAKING, "step": state.step + 1, "canary_weight": action.weight,
                   "step_started_at": now, "inconclusive_windows": 0}
+        if sequence is not None:
+            update["step_started_seq"] = sequence
     elif action.kind is ActionKind.WAIT and not state.phase.terminal:
         update = {"inconclusive_windows": state.inconclusive_windows + 1 if action.counts_as_inconclusive else 0}
     elif action.kind is ActionKind.PROMOTE:

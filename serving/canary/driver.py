@@ -2,7 +2,13 @@
 saves the state after each, so a restarted driver resumes (or rolls back) from where it was.
 
 Side effects live here and only here: reading observations and setting weights through the
-gateway's admin API, saving state and sleeping.
+gateway's admin API, saving state and sleeping. Time is the monotonic clock (a wall-clock step
+changes nothing); a step's window is every observation the gateway numbered after the step's
+weights were set.
+
+A gateway that does not answer is not a verdict: the look becomes an error (inconclusive), and
+the policy's progress deadline rolls the rollout back if it lasts; an action that cannot be
+applied (the gateway down) is tried again at the next look.
 """
 
 from __future__ import annotations
@@ -11,13 +17,19 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import httpx
+
 from fledge.core.errors import FledgeError
 from fledge.core.policy import CanaryPolicy
 from fledge.core.state import read_json, write_atomic
 from serving.canary.analysis import CanaryAnalysis, analyze
-from serving.canary.controller import Action, ActionKind, Phase, RolloutState, advance, decide, step_baked
+from serving.canary.controller import Action, ActionKind, Phase, RolloutState, advance, decide, step_age, step_baked
 from serving.canary.window import VersionWindow
-from serving.gateway.client import GatewayAdmin
+from serving.gateway.client import GatewayAdmin, GatewayAdminError
+
+
+def _transient(error: Exception) -> bool:
+    return isinstance(error, httpx.TransportError) or (isinstance(error, GatewayAdminError) and error.retryable)
 
 
 class RolloutConflict(FledgeError):
@@ -49,7 +61,7 @@ class RolloutDriver:
         admin: GatewayAdmin,
         policy: CanaryPolicy,
         state_path: Path,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         on_tick: Callable[[RolloutState, CanaryAnalysis | None, Action], None] | None = None,
     ):
@@ -66,7 +78,8 @@ class RolloutDriver:
             raise RolloutConflict(
                 f"A rollout of {existing.canary} is in progress ({self.state_path}); let it finish, or abort it first."
             )
-        state = RolloutState(model=model, stable=stable, canary=canary, baseline=baseline)
+        state = RolloutState(model=model, stable=stable, canary=canary, baseline=baseline,
+                             started_seq=self.admin.sequence())
         save_state(state, self.state_path)
         return self.run(state)
 
@@ -76,6 +89,9 @@ class RolloutDriver:
         state = load_state(self.state_path)
         if state is None:
             raise RolloutConflict(f"There is no rollout to resume: no state at {self.state_path}.")
+        if state.step_started_at is not None and state.step_started_at > self.clock():
+            # Saved before a reboot (the monotonic clock restarted): the step's bake starts again.
+            state = state.model_copy(update={"step_started_at": self.clock()})
         if not state.phase.terminal:
             self._set_canary_weight(state, state.canary_weight)
         return self.run(state)
@@ -89,11 +105,17 @@ class RolloutDriver:
         return self._apply(state, action, None)
 
     def analyze_window(self, state: RolloutState, now: float) -> CanaryAnalysis:
-        observations = self.admin.observations(since=state.step_started_at or 0.0)
+        try:
+            observations = self.admin.observations(after=state.step_started_seq)
+            ejected = self.admin.ejected()
+        except Exception as error:
+            if not _transient(error):
+                raise
+            return CanaryAnalysis.error("canary", f"the gateway did not answer ({type(error).__name__}: {error})")
         reference = state.baseline or state.stable
         return analyze(VersionWindow.from_observations(reference, observations),
                        VersionWindow.from_observations(state.canary, observations), self.policy,
-                       final_look=step_baked(state, self.policy, now))
+                       final_look=step_baked(state, self.policy, now), ejected=ejected)
 
     def run(self, state: RolloutState) -> RolloutState:
         while not state.phase.terminal:
@@ -102,7 +124,14 @@ class RolloutDriver:
             now = self.clock()
             analysis = self.analyze_window(state, now) if state.phase is Phase.BAKING else None
             action = decide(state, analysis, self.policy, now)
-            state = self._apply(state, action, analysis)
+            try:
+                state = self._apply(state, action, analysis)
+            except Exception as error:
+                # Twice the progress deadline without reaching the gateway: nothing here can make it safe.
+                if not _transient(error) or step_age(state, self.clock()) > 2 * self.policy.progress_deadline_seconds:
+                    raise
+                self.sleep(self.policy.analysis_interval_seconds)
+                continue
             if not state.phase.terminal and action.kind is ActionKind.WAIT:
                 self.sleep(self.policy.analysis_interval_seconds)
         return state
@@ -117,7 +146,8 @@ class RolloutDriver:
             self._set_canary_weight(state, 0)
         elif action.kind is ActionKind.PROMOTE:
             self._promote(state)
-        new_state = advance(state, action, self.clock(), analysis)
+        sequence = self.admin.sequence() if action.kind is ActionKind.SET_WEIGHT else None
+        new_state = advance(state, action, self.clock(), analysis, sequence=sequence)
         save_state(new_state, self.state_path)
         if self.on_tick:
             self.on_tick(new_state, analysis, action)

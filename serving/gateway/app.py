@@ -3,9 +3,14 @@
 Starlette + httpx, run by uvicorn. Weighted split between stable and canary, sticky sessions
 (`x-session-id` or the `user` field), version pinning (`x-fledge-version`), streaming passed
 through line by line, retries on the stable version when a backend refuses the connection or
-fails before the first byte (never after bytes reached the client), draining, Prometheus
-metrics per version, an authenticated admin API, optional client API keys with per-key rate
-limits. Routes persist in FLEDGE_HOME.
+fails before the first byte (never after bytes reached the client) within a retry budget,
+outlier ejection, draining, Prometheus metrics per version, an authenticated and audited admin
+API, optional client API keys with per-key rate limits. Routes persist in FLEDGE_HOME.
+
+It protects itself (serving.gateway.guards, limits from the policy's `serving.gateway`): a body
+over the size limit is a 413, JSON nested too deeply or too large a 400, a request over the
+concurrency limit a 503 with Retry-After, and each backend has its own connection pool, so the
+gateway's own saturation is answered as such and never recorded against a version.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import httpx
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -26,6 +32,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from fledge.core.policy import GatewayPolicy
+from serving.gateway.audit import AuditLog
+from serving.gateway.guards import OutlierDetector, RetryBudget, json_shape_problem
 from serving.gateway.metrics import GatewayMetrics, Observation
 from serving.gateway.routes import Backend, RouteChangeRefused, RouteTable, load_routes, save_routes
 from serving.gateway.sse import EventStream
@@ -36,8 +45,16 @@ SESSION_HEADER = "x-session-id"
 RETRIED_HEADER = "x-fledge-retried-from"
 
 
-def _error(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status)
+def _error(status: int, message: str, kind: str = "invalid_request_error", headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status, headers=headers)
+
+
+class _Refused(Exception):
+    """The gateway itself refuses the request (it counts for no version)."""
+
+    def __init__(self, response: JSONResponse, reason: str):
+        super().__init__(reason)
+        self.response, self.reason = response, reason
 
 
 @dataclass
@@ -74,8 +91,9 @@ class _Flight:
     a client's bad request (4xx) or a client hanging up says nothing about the backend.
     """
 
-    def __init__(self, gateway: "Gateway", model: str, backend: Backend, retried_from: str | None):
+    def __init__(self, gateway: "Gateway", model: str, backend: Backend, retried_from: str | None, pinned: bool = False):
         self.gateway, self.model, self.backend, self.retried_from = gateway, model, backend, retried_from
+        self.pinned = pinned
         self.started = time.perf_counter()
         self.token_times: list[float] = []
         self.client_wants_usage = False
@@ -86,13 +104,24 @@ class _Flight:
     def token(self) -> None:
         self.token_times.append(time.perf_counter())
 
-    def finish(self, ok: bool, status: int, tokens: int = 0, whole_response: bool = False) -> None:
+    def _leave(self) -> bool:
         if self.finished:
-            return
+            return False
         self.finished = True
         version = self.backend.version
         self.gateway.in_flight[version] = max(0, self.gateway.in_flight.get(version, 1) - 1)
         self.gateway.metrics.in_flight.labels(self.model, version).dec()
+        return True
+
+    def abandon(self) -> None:
+        """The request never reached the backend because of the gateway itself (its pool for
+        the backend was full): nothing is recorded against the version."""
+        self._leave()
+
+    def finish(self, ok: bool, status: int, tokens: int = 0, whole_response: bool = False, refused: bool = False) -> None:
+        if not self._leave():
+            return
+        version = self.backend.version
         success = ok and status < 400
         if whole_response:  # not streamed: no first-token time, the latency is end to end
             elapsed = time.perf_counter() - self.started
@@ -103,8 +132,15 @@ class _Flight:
             ttft = times[0] - self.started if success and times else None
             e2e = times[-1] - self.started if success and times else None
         mean_itl = (sum(gaps) / len(gaps)) if success and gaps else None
-        obs = Observation(time.time(), version, ok, status, ttft, e2e, tokens if success else 0, mean_itl, self.retried_from)
+        obs = Observation(time.time(), version, ok, status, ttft, e2e, tokens if success else 0, mean_itl, self.retried_from,
+                          pinned=self.pinned)
         self.gateway.metrics.record(self.model, obs, gaps if success else [])
+        if status == 499:
+            return  # a client hanging up says nothing about the backend
+        if ok and status < 500:
+            self.gateway.outliers.success(version)
+        elif self.gateway.outliers.failure(version, f"HTTP {status}" if status != 599 else "no answer", refused=refused):
+            self.gateway.metrics.ejections.labels(self.model, version, "refused" if refused else "failures").inc()
 
 
 class _RelayResponse(StreamingResponse):
@@ -114,6 +150,7 @@ class _RelayResponse(StreamingResponse):
 
     def __init__(self, flight: _Flight, response: httpx.Response, headers: dict[str, str]):
         self.flight, self.upstream = flight, response
+        self.on_close: Callable[[], None] | None = None  # the gateway's admission slot, freed when the stream ends
         self.events = EventStream(flight.backend.upstream_model, flight.model, strip_usage=not flight.client_wants_usage)
         self.state = {"completed": False, "broken": False}
         super().__init__(self._lines(), status_code=response.status_code, media_type="text/event-stream", headers=headers)
@@ -139,6 +176,8 @@ class _RelayResponse(StreamingResponse):
         try:
             await super().__call__(scope, receive, send)
         finally:
+            if self.on_close:
+                self.on_close()
             await self.upstream.aclose()
             broken = self.state["broken"] or self.events.saw_error
             if self.state["completed"] or broken:
@@ -154,6 +193,8 @@ class Gateway:
         self,
         routes_path: Path,
         admin_token: str,
+        limits: GatewayPolicy,
+        audit_path: Path | None = None,
         api_keys: dict[str, float] | None = None,
         connect_timeout_s: float = 2.0,
         read_timeout_s: float = 300.0,
@@ -161,14 +202,20 @@ class Gateway:
     ):
         self.routes_path = routes_path
         self.admin_token = admin_token
+        self.limits = limits
+        self.audit = AuditLog(audit_path or routes_path.with_name("gateway-audit.jsonl"))
         self.api_keys = api_keys or {}
         self.buckets = {key: TokenBucket(rate) for key, rate in self.api_keys.items()}
         self.routes: RouteTable | None = load_routes(routes_path)
         self.metrics = GatewayMetrics()
         self.in_flight: dict[str, int] = {}
+        self.active = 0  # client requests being served, streams until their last byte
+        self.retry_budget = RetryBudget(limits.retry_budget, limits.retry_reserve)
+        self.outliers = OutlierDetector(limits.eject_after_failures, limits.ejection_seconds)
         self.rng = random.Random(seed)
-        self.timeout = httpx.Timeout(connect=connect_timeout_s, read=read_timeout_s, write=30.0, pool=30.0)
-        self.client: httpx.AsyncClient | None = None
+        # A full pool waits at most a second: the gateway is saturated, and says so (503).
+        self.timeout = httpx.Timeout(connect=connect_timeout_s, read=read_timeout_s, write=30.0, pool=1.0)
+        self.pools: dict[str, httpx.AsyncClient] = {}
         self.app = Starlette(
             routes=[
                 Route("/v1/completions", self.completions, methods=["POST"]),
@@ -183,6 +230,7 @@ class Gateway:
                 Route("/admin/drain/{version:path}", self.drain, methods=["POST"]),
                 Route("/admin/backends/{version:path}", self.remove_backend, methods=["DELETE"]),
                 Route("/admin/observations", self.observations, methods=["GET"]),
+                Route("/admin/audit", self.get_audit, methods=["GET"]),
                 Route("/admin/backend-metrics/{version:path}", self.backend_metrics, methods=["GET"]),
             ],
             lifespan=self._lifespan,
@@ -190,11 +238,21 @@ class Gateway:
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, app):
-        self.client = httpx.AsyncClient(timeout=self.timeout, limits=httpx.Limits(max_connections=200))
         try:
             yield
         finally:
-            await self.client.aclose()
+            for pool in self.pools.values():
+                await pool.aclose()
+
+    def _pool(self, backend: Backend) -> httpx.AsyncClient:
+        """Each backend's own connection pool: one backend holding every connection cannot
+        starve the others, and a full pool is the gateway's saturation, not a backend error."""
+        pool = self.pools.get(backend.base_url)
+        if pool is None:
+            limits = httpx.Limits(max_connections=self.limits.connections_per_backend,
+                                  max_keepalive_connections=self.limits.connections_per_backend)
+            pool = self.pools[backend.base_url] = httpx.AsyncClient(timeout=self.timeout, limits=limits)
+        return pool
 
     # ---- client API ------------------------------------------------------------------------
 
@@ -208,11 +266,39 @@ class Gateway:
             return _error(429, f"Rate limit of {self.api_keys[key]:g} requests per second exceeded for this key; retry later.", "rate_limit_error")
         return None
 
+    async def _read_json(self, request: Request, empty: object = None) -> object:
+        """The body parsed as JSON, within the policy's limits, or _Refused with the answer;
+        `empty` stands for a body with no bytes where that is allowed (the admin API)."""
+        limit = self.limits.max_body_bytes
+        too_large = _Refused(_error(413, f"The request body is larger than the gateway's limit of {limit} bytes."),
+                             "body too large")
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise too_large
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise too_large
+            chunks.append(chunk)
+        if not size and empty is not None:
+            return empty
+        try:
+            body = json.loads(b"".join(chunks))
+        except RecursionError:
+            raise _Refused(_error(400, "The request's JSON is nested too deeply."), "json too deep") from None
+        except ValueError:  # not JSON, or not UTF-8
+            raise _Refused(_error(400, "The request body is not JSON."), "not json") from None
+        problem = json_shape_problem(body, self.limits.max_json_depth, self.limits.max_json_values)
+        if problem:
+            raise _Refused(_error(400, problem[0].upper() + problem[1:] + "."), "json too large")
+        return body
+
     async def completions(self, request: Request) -> Response:
-        return await self._proxy(request, "completions")
+        return await self._admitted(request, "completions")
 
     async def chat_completions(self, request: Request) -> Response:
-        return await self._proxy(request, "chat/completions")
+        return await self._admitted(request, "chat/completions")
 
     async def models(self, request: Request) -> Response:
         names = [self.routes.model] if self.routes else []
@@ -238,39 +324,76 @@ class Gateway:
                 return None, _error(404, f"Version '{pinned}' is not routable here (known: {', '.join(routes.backends)}).", "not_found_error")
             return backend, None
         session = request.headers.get(SESSION_HEADER) or body.get("user")
+        if session is not None and not isinstance(session, str):
+            return None, _error(400, "'user' must be a string.")
         try:
-            return routes.choose(session, self.rng), None
+            return routes.choose(session, self.rng, ejected=self.outliers.ejected()), None
         except LookupError as error:
             return None, _error(503, str(error), "service_unavailable")
+
+    async def _admitted(self, request: Request, path: str) -> Response:
+        """The concurrency limit: a slot per client request, held until its last byte."""
+        if self.active >= self.limits.max_concurrency:
+            self.metrics.rejected.labels("concurrency").inc()
+            return _error(503, f"The gateway is serving its limit of {self.limits.max_concurrency} requests at once; "
+                          "retry shortly.", "service_unavailable", headers={"retry-after": "1"})
+        self.active += 1
+        response: Response | None = None
+        try:
+            response = await self._proxy(request, path)
+            return response
+        finally:
+            if isinstance(response, _RelayResponse):
+                response.on_close = self._release  # the stream holds the slot until it ends
+            else:
+                self._release()
+
+    def _release(self) -> None:
+        self.active = max(0, self.active - 1)
 
     async def _proxy(self, request: Request, path: str) -> Response:
         refused = self._client_error(request)
         if refused:
             return refused
         try:
-            body = await request.json()
-        except ValueError:  # not JSON, or not UTF-8
-            return _error(400, "The request body is not JSON.")
+            body = await self._read_json(request)
+        except _Refused as refusal:
+            self.metrics.rejected.labels(refusal.reason).inc()
+            return refusal.response
         if not isinstance(body, dict):
             return _error(400, "The request body must be a JSON object.")
+        if not isinstance(body.get("stream", False), bool):
+            return _error(400, f"'stream' must be true or false, not {json.dumps(body['stream'])}.")
         backend, refused = self._pick(request, body)
         if refused:
             return refused
         pinned = VERSION_HEADER in request.headers
+        self.retry_budget.deposit()
         try:
-            return await self._forward(backend, path, body, retried_from=None)
+            return await self._forward(backend, path, body, retried_from=None, pinned=pinned)
+        except _Refused as refusal:
+            self.metrics.rejected.labels(refusal.reason).inc()
+            return refusal.response
         except _BeforeFirstByte as failure:
             stable = self.routes.stable()
             if pinned or stable is None or stable.version == backend.version:
                 return _error(502, f"Backend {backend.version} failed: {failure}", "api_error")
+            if not self.retry_budget.withdraw():
+                self.metrics.rejected.labels("retry budget").inc()
+                return _error(502, f"Backend {backend.version} failed ({failure}) and the gateway's retry budget is spent "
+                              f"(retries are at most {self.limits.retry_budget:.0%} of requests).", "api_error")
             self.metrics.retries.labels(self.routes.model, backend.version, failure.reason).inc()
             try:
                 return await self._forward(stable, path, body, retried_from=backend.version)
+            except _Refused as refusal:
+                self.metrics.rejected.labels(refusal.reason).inc()
+                return refusal.response
             except _BeforeFirstByte as second:
                 return _error(502, f"Backends {backend.version} and {stable.version} failed: {second}", "api_error")
 
-    async def _forward(self, backend: Backend, path: str, body: dict, retried_from: str | None) -> Response:
-        flight = _Flight(self, self.routes.model, backend, retried_from)
+    async def _forward(self, backend: Backend, path: str, body: dict, retried_from: str | None,
+                       pinned: bool = False) -> Response:
+        flight = _Flight(self, self.routes.model, backend, retried_from, pinned)
         payload = {**body, "model": backend.upstream_model}
         if body.get("stream"):
             # Counted tokens, not chunks (see sse.py); the usage event is taken out again for a
@@ -278,11 +401,16 @@ class Gateway:
             options = body.get("stream_options") if isinstance(body.get("stream_options"), dict) else {}
             flight.client_wants_usage = bool(options.get("include_usage"))
             payload["stream_options"] = {**options, "include_usage": True}
-        request = self.client.build_request("POST", f"{backend.base_url}/{path}", json=payload)
+        client = self._pool(backend)
+        request = client.build_request("POST", f"{backend.base_url}/{path}", json=payload)
         try:
-            response = await self.client.send(request, stream=True)
+            response = await client.send(request, stream=True)
+        except httpx.PoolTimeout:
+            flight.abandon()
+            raise _Refused(_error(503, f"The gateway's connections to {backend.version} are all in use; retry shortly.",
+                                  "service_unavailable", headers={"retry-after": "1"}), "backend pool full") from None
         except httpx.TransportError as error:  # refused, reset, timed out: nothing reached the client
-            flight.finish(ok=False, status=599)
+            flight.finish(ok=False, status=599, refused=isinstance(error, httpx.ConnectError))
             raise _BeforeFirstByte(f"{type(error).__name__}: {error}", type(error).__name__) from error
         if response.status_code >= 500:
             await response.aclose()
@@ -318,30 +446,65 @@ class Gateway:
             return _error(401, "Admin API: pass the gateway's admin token as 'Authorization: Bearer TOKEN'.", "authentication_error")
         return None
 
-    def _commit(self, table: RouteTable) -> JSONResponse:
+    async def _unhealthy_gainers(self, table: RouteTable) -> dict[str, str]:
+        """The backends `table` gives more share than they have now that fail their health
+        check (GET /health), with why."""
+        current = self.routes.backends if self.routes else {}
+        gainers = [b for k, b in table.backends.items()
+                   if not b.draining and b.weight > (current[k].weight if k in current else 0)]
+
+        async def check(backend: Backend) -> str | None:
+            try:
+                response = await self._pool(backend).get(f"{backend.base_url.removesuffix('/v1')}/health", timeout=3.0)
+            except httpx.HTTPError as error:
+                return f"{type(error).__name__}: {error}"
+            return None if response.status_code == 200 else f"/health answered HTTP {response.status_code}"
+
+        problems = await asyncio.gather(*(check(b) for b in gainers))
+        return {b.version: problem for b, problem in zip(gainers, problems) if problem}
+
+    async def _commit(self, table: RouteTable) -> JSONResponse:
+        """Apply and persist a new table; refused (RouteChangeRefused) when it would give a share
+        to a backend that does not pass its health check."""
+        unhealthy = await self._unhealthy_gainers(table)
+        if unhealthy:
+            raise RouteChangeRefused("a share is never given to a backend that fails its health check: " + "; ".join(
+                f"{key} at {table.backends[key].base_url} ({why})" for key, why in unhealthy.items()))
         save_routes(table, self.routes_path)  # persist first: a crash never loses an acknowledged change
         self.routes = table
         return self._routes_json()
 
     def _routes_json(self) -> JSONResponse:
         payload = self.routes.model_dump() if self.routes else None
-        return JSONResponse({"routes": payload, "in_flight": dict(self.in_flight)})
+        ejected = self.outliers.ejected()
+        return JSONResponse({
+            "routes": payload, "in_flight": dict(self.in_flight), "sequence": self.metrics.last_seq, "ejected": ejected,
+            "effective_weights": self.routes.effective_weights(ejected) if self.routes else {},
+        })
 
     async def _admin(self, request: Request, change) -> Response:
         refused = self._admin_error(request)
         if refused:
             return refused
+        before = self.routes.model_dump() if self.routes else None
         try:
-            body = await request.json() if request.method in ("PUT", "POST") and await request.body() else {}
-            return await change(body)
-        except (RouteChangeRefused, ValueError, KeyError) as error:  # ValueError: pydantic's validation
+            body = await self._read_json(request, empty={}) if request.method in ("PUT", "POST") else {}
+            response = await change(body)
+        except _Refused as refusal:
+            return refusal.response
+        except (RouteChangeRefused, ValueError, KeyError, TypeError) as error:  # ValueError: pydantic's validation
             return _error(400, str(error))
+        if request.method != "GET":
+            after = self.routes.model_dump() if self.routes else None
+            self.audit.append(f"{request.method} {request.url.path}", before, after, self.admin_token,
+                              query=dict(request.query_params))
+        return response
 
     async def get_routes(self, request: Request) -> Response:
         return await self._admin(request, lambda body: _async(self._routes_json()))
 
     async def put_routes(self, request: Request) -> Response:
-        return await self._admin(request, lambda body: _async(self._commit(RouteTable.model_validate(body))))
+        return await self._admin(request, lambda body: self._commit(RouteTable.model_validate(body)))
 
     def _table(self) -> RouteTable:
         if self.routes is None:
@@ -349,14 +512,15 @@ class Gateway:
         return self.routes
 
     async def set_weights(self, request: Request) -> Response:
-        return await self._admin(request, lambda body: _async(self._commit(self._table().with_weights(body["weights"]))))
+        return await self._admin(request, lambda body: self._commit(self._table().with_weights(body["weights"])))
 
     async def add_backend(self, request: Request) -> Response:
         async def change(body):
             backend = Backend.model_validate(body["backend"])
+            self.outliers.forget(backend.version)  # a new server behind the key starts with a clean record
             if self.routes is None or body.get("model", self.routes.model) != self.routes.model:
-                return self._commit(RouteTable.serving_only(body["model"], backend))
-            return self._commit(self.routes.with_backend(backend))
+                return await self._commit(RouteTable.serving_only(body["model"], backend))
+            return await self._commit(self.routes.with_backend(backend))
         return await self._admin(request, change)
 
     async def drain(self, request: Request) -> Response:
@@ -364,7 +528,7 @@ class Gateway:
 
         async def change(body):
             deadline_s = float(request.query_params.get("deadline_s", "30"))
-            self._commit(self._table().draining(version))
+            await self._commit(self._table().draining(version))
             end = time.monotonic() + deadline_s
             while self.in_flight.get(version, 0) and time.monotonic() < end:
                 await asyncio.sleep(0.05)
@@ -375,20 +539,27 @@ class Gateway:
     async def remove_backend(self, request: Request) -> Response:
         version = request.path_params["version"]
 
-        return await self._admin(request, lambda body: _async(self._commit(self._table().without(version))))
+        return await self._admin(request, lambda body: self._commit(self._table().without(version)))
 
     async def observations(self, request: Request) -> Response:
         async def change(body):
-            since = float(request.query_params.get("since", "0"))
-            return JSONResponse([o.__dict__ for o in self.metrics.observations(since)])
+            if "last_seconds" in request.query_params:
+                observations = self.metrics.recent(float(request.query_params["last_seconds"]))
+            else:
+                observations = self.metrics.observations(int(request.query_params.get("after", "0")))
+            return JSONResponse([o.__dict__ for o in observations])
         return await self._admin(request, change)
+
+    async def get_audit(self, request: Request) -> Response:
+        return await self._admin(request, lambda body: _async(
+            JSONResponse(self.audit.entries(int(request.query_params.get("after", "0"))))))
 
     async def backend_metrics(self, request: Request) -> Response:
         version = request.path_params["version"]
 
         async def change(body):
             backend = self.routes.backends[version]
-            response = await self.client.get(f"{backend.base_url.removesuffix('/v1')}/metrics")
+            response = await self._pool(backend).get(f"{backend.base_url.removesuffix('/v1')}/metrics")
             return PlainTextResponse(response.text, status_code=response.status_code, media_type=CONTENT_TYPE_LATEST)
         return await self._admin(request, change)
 

@@ -56,8 +56,36 @@ class GatewayAdmin:
     def remove_backend(self, version: str) -> RouteTable:
         return RouteTable.model_validate(self._call("DELETE", f"/admin/backends/{version}").json()["routes"])
 
-    def observations(self, since: float = 0.0) -> list[Observation]:
-        return [Observation(**o) for o in self._call("GET", "/admin/observations", params={"since": since}).json()]
+    def observations(self, after: int = 0) -> list[Observation]:
+        """Every observation the gateway numbered above `after` (see `sequence`)."""
+        return [Observation(**o) for o in self._call("GET", "/admin/observations", params={"after": after}).json()]
+
+    def recent(self, seconds: float) -> list[Observation]:
+        """The observations of the last `seconds` by the gateway's own monotonic clock."""
+        return [Observation(**o) for o in self._call("GET", "/admin/observations", params={"last_seconds": seconds}).json()]
+
+    def sequence(self) -> int:
+        """The number of the gateway's newest observation: a window that starts now is every
+        observation after it."""
+        return int(self._call("GET", "/admin/routes").json()["sequence"])
+
+    def ejected(self) -> dict[str, str]:
+        """Route keys the gateway's outlier detection holds out of the split now, with why."""
+        return self._call("GET", "/admin/routes").json()["ejected"]
+
+    def audit_seq(self) -> int:
+        """The number of the newest admin change in the audit log (0 before the first)."""
+        entries = self.audit()
+        return entries[-1]["seq"] if entries else 0
+
+    def effective_weights(self) -> dict[str, float]:
+        """The share of new random requests each route key gets now, ejections applied."""
+        return self._call("GET", "/admin/routes").json()["effective_weights"]
+
+    def audit(self, after: int = 0) -> list[dict]:
+        """The admin changes numbered above `after`: when, what, the routes before and after,
+        and which token made them."""
+        return self._call("GET", "/admin/audit", params={"after": after}).json()
 
     def backend_metrics(self, version: str) -> str:
         return self._call("GET", f"/admin/backend-metrics/{version}").text

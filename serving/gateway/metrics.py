@@ -1,11 +1,16 @@
 """Prometheus metrics per backend version, and a window of recent observations for canary
-analysis (the analysis needs per-request values, which histograms do not keep)."""
+analysis (the analysis needs per-request values, which histograms do not keep).
+
+Every observation gets the next number of the gateway's own sequence: analysis windows are
+cut by it ("every observation after number N"), never by comparing clocks, so a wall-clock
+step cannot hide observations from a window or put old ones in it."""
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -26,6 +31,9 @@ class Observation:
     output_tokens: int
     mean_itl_s: float | None
     retried_from: str | None = None
+    pinned: bool = False  # the client chose the version (x-fledge-version): not a random sample of its traffic
+    seq: int = 0  # the gateway's sequence number, given when recorded
+    monotonic: float = 0.0  # the gateway's monotonic clock when recorded (for "the last N seconds")
 
 
 class GatewayMetrics:
@@ -44,10 +52,22 @@ class GatewayMetrics:
         self.in_flight = Gauge("fledge_gateway_in_flight_requests", "Requests being served", labels, registry=self.registry)
         self.retries = Counter("fledge_gateway_retries", "Requests retried on the stable version",
                                [*labels, "reason"], registry=self.registry)
+        self.rejected = Counter("fledge_gateway_rejected_requests", "Requests the gateway itself turned away",
+                                ["reason"], registry=self.registry)
+        self.ejections = Counter("fledge_gateway_ejections", "Backends ejected by outlier detection",
+                                 [*labels, "reason"], registry=self.registry)
         self._observations: deque[Observation] = deque(maxlen=window)
         self._lock = threading.Lock()
+        self._last_seq = 0
 
-    def record(self, model: str, obs: Observation, itl_gaps: list[float]) -> None:
+    @property
+    def last_seq(self) -> int:
+        """The number of the newest observation (0 before the first): a window that starts now
+        is every observation after it."""
+        with self._lock:
+            return self._last_seq
+
+    def record(self, model: str, obs: Observation, itl_gaps: list[float]) -> Observation:
         self.requests.labels(model, obs.version, str(obs.status)).inc()
         if obs.ttft_s is not None:
             self.ttft.labels(model, obs.version).observe(obs.ttft_s)
@@ -58,9 +78,20 @@ class GatewayMetrics:
         if obs.output_tokens:
             self.tokens.labels(model, obs.version).inc(obs.output_tokens)
         with self._lock:
+            self._last_seq += 1
+            obs = replace(obs, seq=self._last_seq, monotonic=time.monotonic())
             self._observations.append(obs)
+        return obs
 
-    def observations(self, since: float = 0.0) -> list[Observation]:
+    def observations(self, after: int = 0) -> list[Observation]:
+        """Every kept observation numbered above `after`."""
         with self._lock:
-            return [o for o in self._observations if o.at >= since]
+            return [o for o in self._observations if o.seq > after]
+
+    def recent(self, seconds: float) -> list[Observation]:
+        """The observations of the last `seconds` by the gateway's monotonic clock (a display
+        of what users see now, never an analysis window)."""
+        start = time.monotonic() - seconds
+        with self._lock:
+            return [o for o in self._observations if o.monotonic >= start]
 

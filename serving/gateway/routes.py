@@ -12,7 +12,7 @@ import json
 import math
 import random
 from pathlib import Path
-from typing import Literal
+from typing import Collection, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -61,16 +61,27 @@ class RouteTable(BaseModel):
     def candidates(self) -> list[Backend]:
         return [b for b in self.backends.values() if not b.draining and b.weight > 0]
 
-    def choose(self, session: str | None, rng: random.Random) -> Backend:
+    def effective_weights(self, ejected: Collection[str] = ()) -> dict[str, float]:
+        """The share of new random requests each backend gets now, ejections applied."""
+        live = [b for b in self.candidates() if b.version not in ejected] or self.candidates()
+        total, keys = sum(b.weight for b in live), {b.version for b in live}
+        return {k: (100.0 * b.weight / total if k in keys and total else 0.0) for k, b in self.backends.items()}
+
+    def choose(self, session: str | None, rng: random.Random, ejected: Collection[str] = ()) -> Backend:
         """Weighted choice; a session always maps to the same backend while weights hold.
 
         Sessions use weighted rendezvous hashing: each backend scores -ln(U)/weight with U a
         hash of (session, version); the lowest wins. Moving weight only moves the sessions
         that must move, and a session never flips back and forth.
+
+        `ejected` backends (the gateway's outlier detection) are left out and their share goes
+        to the others, unless that would leave none: then every backend is tried (Envoy's
+        panic mode), since refusing all traffic is worse than trying a doubtful backend.
         """
         backends = self.candidates()
         if not backends:
             raise LookupError(f"no backend takes traffic for {self.model}")
+        backends = [b for b in backends if b.version not in ejected] or backends
         if session is None:
             return rng.choices(backends, weights=[b.weight for b in backends])[0]
 
@@ -124,6 +135,28 @@ class RouteTable(BaseModel):
         if backend.weight:
             raise RouteChangeRefused(f"{key} still has weight {backend.weight}; drain it first")
         return self._with({k: b for k, b in self.backends.items() if k != key})
+
+    def reconciled(self, healthy: Collection[str]) -> "RouteTable":
+        """Only the `healthy` backends kept; the share of every other goes to the healthy
+        stable backend (else the healthy one with the largest share). Refused when no healthy
+        backend could take the traffic."""
+        live = {k: b for k, b in self.backends.items() if k in healthy}
+        takers = [b for b in live.values() if not b.draining]
+        if not takers:
+            raise RouteChangeRefused(f"no backend of {self.model} that could take its traffic answers its health check "
+                                     f"(backends: {', '.join(self.backends) or 'none'})")
+        heir = next((b for b in takers if b.role == "stable"), max(takers, key=lambda b: b.weight))
+        lost = 100 - sum(b.weight for b in takers)
+        live[heir.version] = heir.model_copy(update={"weight": heir.weight + lost, "role": "stable"})
+        return self._with(live)
+
+    def restored_on(self, live: dict[str, str]) -> "RouteTable":
+        """This table (a snapshot taken before a release) put back on the instances that serve
+        now: `live` maps each route key with a healthy instance to that instance's URL (a
+        restarted instance answers on a new port). Keys without one are dropped, their share
+        going to the stable backend; refused when none of the snapshot's backends lives."""
+        moved = {k: b.model_copy(update={"base_url": live[k]}) for k, b in self.backends.items() if k in live}
+        return self._with({**self.backends, **moved}).reconciled(set(moved))
 
     def all_to(self, key: str) -> "RouteTable":
         """`key` becomes stable with all traffic; the others stay registered at 0 % (warm for a

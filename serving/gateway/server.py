@@ -12,6 +12,7 @@ from pathlib import Path
 
 import uvicorn
 
+from fledge.core.policy import GatewayPolicy
 from fledge.core.state import StatePaths, create_once
 from serving.gateway.app import Gateway
 
@@ -25,8 +26,11 @@ def admin_token(state_dir: Path) -> str:
     return token.strip()
 
 
-def build_gateway(state_dir: Path, api_keys: dict[str, float] | None = None, **kwargs) -> Gateway:
-    return Gateway(StatePaths.under(state_dir).routes, admin_token(state_dir), api_keys=api_keys, **kwargs)
+def build_gateway(state_dir: Path, limits: GatewayPolicy, api_keys: dict[str, float] | None = None, **kwargs) -> Gateway:
+    """The gateway of a state directory: its routes, audit log and admin token live there;
+    `limits` is the policy's `serving.gateway` section."""
+    paths = StatePaths.under(state_dir)
+    return Gateway(paths.routes, admin_token(state_dir), limits, audit_path=paths.audit, api_keys=api_keys, **kwargs)
 
 
 class BackgroundGateway:

@@ -23,11 +23,14 @@ artifacts (runs:/), as teams do without Fledge; the first release of each adopts
 11. rollback to base, then adapter-improved released on base's own server (no vLLM start: the
     adapter is loaded at run time, evaluated and canaried against base there), promoted, and
     rolled back (unloaded);
-12. adapter-unsafe rejected at the safety gate, again without a server start.
+12. adapter-unsafe rejected at the safety gate, again without a server start;
+13. the gateway stopped and started again: the champion's server kept serving throughout, the
+    new gateway re-attaches to it (same pid, no start) and serves the same split at once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -62,6 +65,7 @@ class Stack:
     versions: dict[str, str]
     policies: dict[str, str]
     zoo: object
+    restart_plane: object = None  # () -> the new plane: the gateway stopped and started again on its port
 
     def ref(self, variant: str) -> str:
         return f"{MODEL}/{self.versions[variant]}"
@@ -102,7 +106,7 @@ def write_policy(directory: Path, name: str, approval: dict) -> str:
 @pytest.fixture(scope="module")
 def stack(zoo, tmp_path_factory):
     from fledge.services.context import open_registry
-    from fledge.services.plane import run_plane
+    from fledge.services.plane import run_plane, stop_serving
     from fledge.devtools.traffic import SyntheticUsers
 
     root = tmp_path_factory.mktemp("release-e2e")
@@ -125,9 +129,24 @@ def stack(zoo, tmp_path_factory):
             "timeout": write_policy(root, "timeout", {"required": True, "approvers": ["alice"], "timeout_seconds": 4}),
             "auto": write_policy(root, "auto", {"required": False, "approvers": [], "timeout_seconds": 60}),
         }
-        with run_plane(home, MODEL, load_policy(policies["auto"]).serving, registry) as plane:
+        serving_policy = load_policy(policies["auto"]).serving
+        planes = contextlib.ExitStack()
+        try:
+            plane = planes.enter_context(run_plane(home, MODEL, serving_policy, registry))
+            port = int(plane.url.rsplit(":", 1)[1])
             with SyntheticUsers(plane.url, MODEL) as users:
-                yield Stack(home, registry, plane, users, versions, policies, zoo)
+                stack = Stack(home, registry, plane, users, versions, policies, zoo)
+
+                def restart_plane():
+                    planes.close()  # the gateway stops; its servers keep serving
+                    stack.plane = planes.enter_context(run_plane(home, MODEL, serving_policy, registry, port=port))
+                    return stack.plane
+
+                stack.restart_plane = restart_plane
+                yield stack
+        finally:
+            planes.close()
+            stop_serving(home)  # the plane's exit leaves the servers serving, by design
 
 
 def release_in_background(stack: Stack, variant: str, policy: str, answers: list[dict]) -> object:
@@ -370,3 +389,17 @@ def test_12_an_unsafe_adapter_is_rejected_at_the_safety_gate_without_a_server_st
     assert (summary.outcome.value, summary.stage) == ("rejected", "safety gate"), summary.reason
     assert stack.starts() == starts
     assert stack.traffic() == {stack.ref("base"): 100} and stack.serving() == {stack.ref("base")}
+
+
+def test_13_a_restarted_gateway_reattaches_to_the_servers_that_kept_serving(stack):
+    import httpx
+
+    champion = stack.ref("base")
+    before, starts, split = stack.plane.fleet.records()[champion], stack.starts(), stack.traffic()
+    stack.restart_plane()
+    after = stack.plane.fleet.records()[champion]
+    assert (after.pid, after.base_url) == (before.pid, before.base_url) and stack.starts() == starts
+    assert stack.traffic() == split == {champion: 100}
+    answer = httpx.post(f"{stack.plane.url}/v1/completions", timeout=60,
+                        json={"model": MODEL, "prompt": "Q: What is 2 plus 3?\nA:", "max_tokens": 4})
+    assert answer.status_code == 200 and answer.headers["x-fledge-version"] == champion

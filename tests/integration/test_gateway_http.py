@@ -1,27 +1,31 @@
 """The gateway over real HTTP on loopback, without model servers: admin API, auth, refusals,
-and the retry path when a backend refuses connections."""
+and the retry path when a backend refuses connections. Backends are scripted servers
+(tests/support/backend.py): the gateway gives a share only to a backend that answers /health."""
 
 from __future__ import annotations
 
-import socket
-
 import httpx
 import pytest
+from support.backend import ScriptedBackend
 
+from fledge.core.policy import load_policy
 from serving.gateway.client import GatewayAdmin, GatewayAdminError
 from serving.gateway.routes import Backend
 from serving.gateway.server import BackgroundGateway, build_gateway
 
 
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]  # closed again when this returns: connections are refused
+@pytest.fixture(scope="module")
+def urls():
+    """Three live backends' URLs, shared by the module's tests (only their /health is used)."""
+    servers = [ScriptedBackend(f"b{i}").__enter__() for i in range(3)]
+    yield [server.base_url for server in servers]
+    for server in servers:
+        server.close()
 
 
 @pytest.fixture()
 def gateway(tmp_path):
-    with BackgroundGateway(build_gateway(tmp_path)) as server:
+    with BackgroundGateway(build_gateway(tmp_path, load_policy().serving.gateway)) as server:
         yield server, GatewayAdmin(server.url, (tmp_path / "gateway-admin-token").read_text()), tmp_path
 
 
@@ -38,10 +42,10 @@ def test_the_admin_api_needs_its_token(gateway):
     assert httpx.get(f"{server.url}/admin/routes", headers={"authorization": "Bearer nope"}).status_code == 401
 
 
-def test_weights_are_validated_and_persisted(gateway):
+def test_weights_are_validated_and_persisted(gateway, urls):
     server, admin, state = gateway
-    admin.add_backend("m", Backend(version="m/1", base_url="http://127.0.0.1:1/v1", role="stable"))
-    admin.add_backend("m", Backend(version="m/2", base_url="http://127.0.0.1:2/v1", role="canary"))
+    admin.add_backend("m", Backend(version="m/1", base_url=urls[0], role="stable"))
+    admin.add_backend("m", Backend(version="m/2", base_url=urls[1], role="canary"))
     assert {v: b.weight for v, b in admin.routes().backends.items()} == {"m/1": 100, "m/2": 0}
     with pytest.raises(GatewayAdminError, match="add up to 100"):
         admin.set_weights({"m/1": 90, "m/2": 20})
@@ -53,18 +57,20 @@ def test_weights_are_validated_and_persisted(gateway):
         admin.remove_backend("m/2")
 
 
-def test_a_wrong_model_name_is_a_404_naming_the_right_one(gateway):
+def test_a_wrong_model_name_is_a_404_naming_the_right_one(gateway, urls):
     server, admin, _ = gateway
-    admin.add_backend("m", Backend(version="m/1", base_url="http://127.0.0.1:1/v1", role="stable"))
+    admin.add_backend("m", Backend(version="m/1", base_url=urls[0], role="stable"))
     response = httpx.post(f"{server.url}/v1/completions", json={"model": "other", "prompt": "hi"})
     assert response.status_code == 404 and "'m'" in response.json()["error"]["message"]
 
 
 def test_when_every_backend_refuses_the_client_gets_a_502_naming_them(gateway):
     server, admin, _ = gateway
-    admin.add_backend("m", Backend(version="m/1", base_url=f"http://127.0.0.1:{closed_port()}/v1", role="stable"))
-    admin.add_backend("m", Backend(version="m/2", base_url=f"http://127.0.0.1:{closed_port()}/v1", role="canary"))
-    admin.set_weights({"m/1": 0, "m/2": 100})
+    with ScriptedBackend("one") as one, ScriptedBackend("two") as two:
+        admin.add_backend("m", Backend(version="m/1", base_url=one.base_url, role="stable"))
+        admin.add_backend("m", Backend(version="m/2", base_url=two.base_url, role="canary"))
+        admin.set_weights({"m/1": 0, "m/2": 100})
+    # Both stopped listening after they were given their shares: connections are refused.
     response = httpx.post(f"{server.url}/v1/completions", json={"model": "m", "prompt": "hi"}, timeout=30)
     assert response.status_code == 502
     assert "m/2 and m/1 failed" in response.json()["error"]["message"]
@@ -72,22 +78,23 @@ def test_when_every_backend_refuses_the_client_gets_a_502_naming_them(gateway):
     assert 'fledge_gateway_retries_total{model="m",reason="ConnectError",version="m/2"} 1.0' in metrics
 
 
-def test_a_restarted_driver_restores_the_saved_split_then_rolls_back_without_data(gateway):
+def test_a_restarted_driver_restores_the_saved_split_then_rolls_back_without_data(gateway, urls):
     """The driver died at 25 %; meanwhile someone set 60/40 by hand. Resuming re-applies the
     saved 25 % first; with no traffic every window is inconclusive, and after the policy's
     limit the canary is rolled back: no data is never a pass."""
-    from fledge.core.policy import load_policy
+    import time
+
     from serving.canary.controller import Phase, RolloutState
     from serving.canary.driver import RolloutDriver, save_state
 
     server, admin, state_dir = gateway
-    admin.add_backend("m", Backend(version="m/1", base_url="http://127.0.0.1:1/v1", role="stable"))
-    admin.add_backend("m", Backend(version="m/2", base_url="http://127.0.0.1:2/v1", role="canary"))
+    admin.add_backend("m", Backend(version="m/1", base_url=urls[0], role="stable"))
+    admin.add_backend("m", Backend(version="m/2", base_url=urls[1], role="canary"))
     admin.set_weights({"m/1": 60, "m/2": 40})
     policy = load_policy().canary.model_copy(update={"analysis_interval_seconds": 0.01, "max_inconclusive_windows": 3})
     path = state_dir / "rollout.json"
     save_state(RolloutState(model="m", stable="m/1", canary="m/2", phase=Phase.BAKING, step=1, canary_weight=25,
-                            step_started_at=0.0), path)
+                            step_started_at=time.monotonic() - policy.bake_seconds - 1), path)
     weights_seen = []
     driver = RolloutDriver(admin, policy, path,
                            on_tick=lambda *_: weights_seen.append(admin.routes().backends["m/2"].weight))
@@ -110,22 +117,21 @@ def _latencies(version: str, ttft_s: float, n: int) -> list:
 
 
 @pytest.mark.parametrize("with_baseline", [True, False], ids=["baseline", "no-baseline"])
-def test_the_canary_is_judged_against_its_baseline_when_it_has_one(gateway, with_baseline):
+def test_the_canary_is_judged_against_its_baseline_when_it_has_one(gateway, with_baseline, urls):
     """The long-serving stable instance answers in 10 ms; the canary and a baseline of the
     stable version, started with it, both in 30 ms (what a fresh instance under load showed).
     Against the baseline the canary is as fast as its version's peer and is promoted, the
     baseline drained; against the stable instance it would be rolled back."""
-    from fledge.core.policy import load_policy
     from serving.canary.controller import Phase
     from serving.canary.driver import RolloutDriver
     from serving.naming import baseline_key
 
     server, admin, state_dir = gateway
-    admin.add_backend("m", Backend(version="m/1", base_url="http://127.0.0.1:1/v1", role="stable"))
-    admin.add_backend("m", Backend(version="m/2", base_url="http://127.0.0.1:2/v1", role="canary"))
+    admin.add_backend("m", Backend(version="m/1", base_url=urls[0], role="stable"))
+    admin.add_backend("m", Backend(version="m/2", base_url=urls[1], role="canary"))
     baseline = baseline_key("m/1") if with_baseline else None
     if baseline:
-        admin.add_backend("m", Backend(version=baseline, base_url="http://127.0.0.1:3/v1", role="baseline", served_model="m/1"))
+        admin.add_backend("m", Backend(version=baseline, base_url=urls[2], role="baseline", served_model="m/1"))
     policy = load_policy().canary.model_copy(update={"steps": [25, 100], "bake_seconds": 0.3, "analysis_interval_seconds": 0.05})
     splits = []
 
@@ -151,9 +157,9 @@ def test_the_canary_is_judged_against_its_baseline_when_it_has_one(gateway, with
 
 
 @pytest.mark.parametrize("content", [b"not json", b"[1, 2]", b"\xff\xfe"], ids=["text", "list", "not-utf8"])
-def test_a_malformed_body_is_a_400_not_a_crash(gateway, content):
+def test_a_malformed_body_is_a_400_not_a_crash(gateway, content, urls):
     server, admin, _ = gateway
-    admin.add_backend("m", Backend(version="m/1", base_url="http://127.0.0.1:1/v1", role="stable"))
+    admin.add_backend("m", Backend(version="m/1", base_url=urls[0], role="stable"))
     response = httpx.post(f"{server.url}/v1/completions", content=content, headers={"content-type": "application/json"})
     assert response.status_code == 400
     assert "JSON" in response.json()["error"]["message"]

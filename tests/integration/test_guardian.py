@@ -130,3 +130,74 @@ def test_the_fleet_stops_an_instance_another_process_started(tmp_path):
     guardian.wait(timeout=15)
     assert _wait_gone([worker_pid]) == []
     assert fleet.records() == {}
+
+
+RECORD_STARTER = textwrap.dedent(
+    """
+    import subprocess, sys, time
+    guardian = subprocess.Popen(
+        [sys.executable, "-m", "serving.guardian", str(__import__("os").getpid()), "--record", sys.argv[2], "m/1",
+         "--", sys.executable, "-c", sys.argv[1]],
+        start_new_session=True, stdout=subprocess.PIPE, text=True,
+    )
+    print(guardian.pid, guardian.stdout.readline().strip(), flush=True)
+    time.sleep(600)
+    """
+)
+
+
+def _record_owned_server(tmp_path):
+    env = {**os.environ, "FLEDGE_STOP_GRACE_S": "3", "PYTHONPATH": os.getcwd()}
+    starter = subprocess.Popen([sys.executable, "-c", RECORD_STARTER, SERVER, str(tmp_path / "instances.json")],
+                               stdout=subprocess.PIPE, text=True, env=env)
+    guardian_pid, worker_pid = map(int, starter.stdout.readline().split())
+    return starter, guardian_pid, worker_pid
+
+
+def _record(guardian_pid: int, lease_s: float = 300.0):
+    from serving.fleet import InstanceRecord
+
+    return InstanceRecord(key="m/1", served_model_name="m/1", base_url="http://127.0.0.1:9/v1", pid=guardian_pid,
+                          log_path="-", model_dir="-", max_model_len=64, started_at=time.time(), start_seconds=0,
+                          lease_expires=time.monotonic() + lease_s)
+
+
+def test_until_its_record_names_it_a_server_belongs_to_its_starter(tmp_path):
+    """A release killed while its server was still starting leaves no server without a record."""
+    starter, guardian_pid, worker_pid = _record_owned_server(tmp_path)
+    starter.send_signal(signal.SIGKILL)
+    starter.wait()
+    assert _wait_gone([guardian_pid, worker_pid]) == []
+
+
+def test_a_recorded_server_outlives_its_starter_and_stops_when_its_record_is_removed(tmp_path):
+    from serving.fleet import Fleet
+    from serving.launcher import LocalLauncher
+
+    starter, guardian_pid, worker_pid = _record_owned_server(tmp_path)
+    fleet = Fleet(tmp_path, LocalLauncher(tmp_path))
+    fleet._write({"m/1": _record(guardian_pid)})
+    time.sleep(1.2)  # the guardian has seen its record (it polls every 0.5 s)
+    starter.send_signal(signal.SIGKILL)  # the starter (a release flow, a gateway) dies
+    starter.wait()
+    time.sleep(1.5)
+    assert _wait_gone([guardian_pid, worker_pid], timeout=0.5) == [guardian_pid, worker_pid]
+    fleet._write({})  # the record removed: its server goes
+    assert _wait_gone([guardian_pid, worker_pid]) == []
+
+
+def test_a_recorded_server_whose_lease_lapses_stops(tmp_path):
+    from serving.fleet import Fleet
+    from serving.launcher import LocalLauncher
+
+    starter, guardian_pid, worker_pid = _record_owned_server(tmp_path)
+    fleet = Fleet(tmp_path, LocalLauncher(tmp_path), lease_s=2.0)
+    fleet._write({"m/1": _record(guardian_pid, lease_s=2.0)})
+    time.sleep(1.0)
+    assert fleet.renew() == ["m/1"]  # renewed once: 2 s more from now
+    starter.send_signal(signal.SIGKILL)
+    starter.wait()
+    time.sleep(1.0)
+    assert _wait_gone([guardian_pid], timeout=0.3) == [guardian_pid]  # still within its lease
+    assert _wait_gone([guardian_pid, worker_pid], timeout=10) == []  # nobody renewed it
+    assert fleet.records() == {}

@@ -74,6 +74,8 @@ def test_the_demo_policy_is_the_default_but_for_the_performance_tolerances_and_a
     assert demo["serving"]["lora"].pop("max_latency_ratio") > default["serving"]["lora"].pop("max_latency_ratio")
     assert (demo["canary"].pop("steps"), demo["canary"].pop("bake_seconds")) == ([50, 100], 15)
     default["canary"].pop("steps"), default["canary"].pop("bake_seconds")
+    assert demo["canary"].pop("progress_deadline_seconds") < default["canary"].pop("progress_deadline_seconds")
+    assert demo["canary"].pop("max_inconclusive_windows") < default["canary"].pop("max_inconclusive_windows")
     assert demo["watch"].pop("window_seconds") == 15 < default["watch"].pop("window_seconds")
     # Still enough requests per window at the synthetic users' ~4 a second for the analysis.
     assert demo["canary"]["min_samples"] == default["canary"]["min_samples"] == 20

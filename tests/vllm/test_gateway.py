@@ -50,7 +50,7 @@ def servers(zoo, registry, launcher, session_home):
 
 @pytest.fixture(scope="module")
 def gateway(servers, state_dir):
-    with BackgroundGateway(build_gateway(state_dir, api_keys={"team-key": 1000.0, "slow-key": 2.0}, seed=7)) as server:
+    with BackgroundGateway(build_gateway(state_dir, load_policy().serving.gateway, api_keys={"team-key": 1000.0, "slow-key": 2.0}, seed=7)) as server:
         admin = GatewayAdmin(server.url, (state_dir / "gateway-admin-token").read_text())
         stable, canary = servers["base"], servers["improved"]
         admin.add_backend(MODEL, Backend(version=stable.config.served_model_name, base_url=stable.base_url, role="stable"))
@@ -115,7 +115,7 @@ def test_a_baseline_backend_serves_the_stable_version_under_its_own_route_key(ga
     key = baseline_key(stable)
     admin.add_backend(MODEL, Backend(version=key, base_url=servers["base"].base_url, role="baseline", served_model=stable))
     try:
-        since = time.time()
+        after = admin.sequence()
         c = client(server)
         raw = c.completions.with_raw_response.create(model=MODEL, prompt=PROMPT, max_tokens=4, temperature=0,
                                                      extra_headers={"x-fledge-version": key})
@@ -124,7 +124,7 @@ def test_a_baseline_backend_serves_the_stable_version_under_its_own_route_key(ga
                                            extra_headers={"x-fledge-version": key}))
         assert chunks and all(ch.model == MODEL for ch in chunks)
         deadline = time.monotonic() + 10  # a stream is recorded once the gateway has closed it
-        while len(seen := [o for o in admin.observations(since) if o.version == key]) < 2 and time.monotonic() < deadline:
+        while len(seen := [o for o in admin.observations(after) if o.version == key]) < 2 and time.monotonic() < deadline:
             time.sleep(0.1)
         assert len(seen) == 2 and all(o.ok for o in seen)
     finally:
@@ -190,7 +190,7 @@ def test_a_restarted_gateway_comes_back_with_the_same_split(gateway, servers, st
     _, admin = gateway
     stable, canary = (servers[v].config.served_model_name for v in ("base", "improved"))
     admin.set_weights({stable: 80, canary: 20})
-    with BackgroundGateway(build_gateway(state_dir)) as second:
+    with BackgroundGateway(build_gateway(state_dir, load_policy().serving.gateway)) as second:
         again = GatewayAdmin(second.url, (state_dir / "gateway-admin-token").read_text()).routes()
         assert {v: b.weight for v, b in again.backends.items()} == {stable: 80, canary: 20}
     admin.set_weights({stable: 100, canary: 0})
@@ -235,7 +235,8 @@ def test_draining_lets_an_in_flight_stream_finish(gateway, servers):
 
 def test_killing_the_canary_under_traffic_rolls_back_without_failing_a_request(gateway, servers, state_dir):
     """Fault injection: steady non-streamed traffic, the canary at its first step; its vLLM is
-    killed. The gateway retries on stable, the controller sees the errors and rolls back."""
+    killed. The gateway retries on stable and ejects it at its first refused connection; the
+    controller sees the ejection and rolls back."""
     server, admin = gateway
     stable, canary = (servers[v].config.served_model_name for v in ("base", "improved"))
     policy = POLICY.canary.model_copy(update={"steps": [50, 100], "bake_seconds": 120, "analysis_interval_seconds": 0.5})
@@ -257,7 +258,7 @@ def test_killing_the_canary_under_traffic_rolls_back_without_failing_a_request(g
     def on_tick(state, analysis, action):
         if state.phase is Phase.BAKING and not killed_at and analysis is not None:
             os.killpg(servers["improved"].pid, signal.SIGKILL)  # the canary's whole process group
-            killed_at["t"] = time.time()
+            killed_at["t"] = time.monotonic()
 
     driver = RolloutDriver(admin, policy, state_dir / "rollout.json", on_tick=on_tick)
     try:
@@ -272,4 +273,4 @@ def test_killing_the_canary_under_traffic_rolls_back_without_failing_a_request(g
     assert admin.routes().backends[canary].weight == 0
     assert failures == []
     assert rolled_back_at - killed_at["t"] < 10
-    assert any("canary errors" in c for c in final.failed_checks)
+    assert any("the gateway ejected the canary" in c or "canary errors" in c for c in final.failed_checks)
