@@ -36,7 +36,7 @@ from flows.dispatch import evaluate_suites, quantize
 from registry.errors import RegistryError
 from serving.canary.controller import Phase, RolloutState
 from tasks import registry_steps, reporting, serving_steps
-from tasks.common import workspace
+from tasks.common import preempted, workspace
 
 SUITE_ORDER = ("safety", "quality", "performance")  # cheapest first: the release stops at the first failed gate
 
@@ -200,7 +200,12 @@ def _canary_promote_watch(release: _Release) -> RolloutState:
 def _put_back(record: ReleaseRecord, log, keep_staging_copy: bool) -> None:
     """The registry and traffic as before the release, and no server of the release left
     running but, with `keep_staging_copy`, the champion's staging copy (no traffic) for the
-    next release against it. Idempotent: the transaction's hooks may have done it already."""
+    next release against it. Idempotent: the transaction's hooks may have done it already.
+    A release that lost its lease (a rollback preempted it) puts nothing back."""
+    lost = preempted(record.model)
+    if lost:
+        log(f"Nothing put back: {lost}")
+        return
     changes = registry_steps.restore_registry(record.model, record.snapshot.aliases)
     if changes:
         log("Registry put back: " + "; ".join(changes))
@@ -273,6 +278,14 @@ def release(model: str, candidate: str = "challenger", policy_file: str | None =
     policy = load_policy(policy_file)  # the one read of the file; everything below gets the object
     flow_run_id = str(runtime.flow_run.id) if runtime.flow_run.id else "local"
     target = registry_steps.check_release(model, candidate, policy, auto_approve)
+    # One operator at a time: a second release of the model is refused, naming this one.
+    with serving_steps.model_lease(model, "release", f"release of {target.candidate.ref} (flow run {flow_run_id})"):
+        return _release_under_lease(target, policy, policy_file, auto_approve, flow_run_id, log)
+
+
+def _release_under_lease(target: ReleaseTarget, policy: ReleasePolicy, policy_file: str | None, auto_approve: bool,
+                         flow_run_id: str, log) -> ReleaseSummary:
+    model = target.candidate.name
     record = _open_record(target, policy, policy_file, log)
     record.flow_run_ids.append(flow_run_id)
     run = _Release(record, flow_run_id)
@@ -289,6 +302,10 @@ def release(model: str, candidate: str = "challenger", policy_file: str | None =
         log(f"Release {outcome.value} at {stage}: {reason}")
         _put_back(record, log, policy.serving.keep_staging_copy)
     except BaseException as error:
+        lost = preempted(model)
+        if lost:  # a rollback took the model over: stop cleanly, never undo it
+            log(f"The release stops at {run.clock.stage}: {lost}. Nothing is put back.")
+            return _finish(run, ReleaseOutcome.PREEMPTED, run.clock.stage, f"preempted at {run.clock.stage}: {lost}")
         reason = f"{type(error).__name__}: {error}"
         get_run_logger().error(f"The release failed at {run.clock.stage}: {reason}. Putting everything back.")
         _put_back(record, log, keep_staging_copy=False)  # after a failure, start the next release from scratch

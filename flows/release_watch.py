@@ -1,9 +1,14 @@
 """The scheduled `release-watch`: every registered model whose `challenger` alias points at a
-version that no release has decided yet gets a release started for it."""
+version that no release has decided yet gets a release started for it, unless a release run
+of it is already scheduled, pending, running or paused (never a second run for one challenger)."""
 
 from __future__ import annotations
 
 from prefect import flow, get_run_logger
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterState,
+                                            FlowRunFilterStateType)
+from prefect.client.schemas.objects import StateType
 from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
 
@@ -32,6 +37,23 @@ def pending_challengers(store: ModelRegistry, home: FledgeHome) -> list[tuple[st
     return pending
 
 
+UNFINISHED = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.PAUSED, StateType.CANCELLING]
+
+
+def unfinished_releases() -> set[tuple[str, str]]:
+    """(model, candidate) of every `release` flow run not finished yet, as the Prefect API has
+    them: a run still queued for a worker has written nothing to the Fledge home yet."""
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=["release"])),
+            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=UNFINISHED))))
+    return {(str(run.parameters.get("model")), str(run.parameters.get("candidate", CHALLENGER))) for run in runs}
+
+
+def already_releasing(model: str, version: str, unfinished: set[tuple[str, str]]) -> bool:
+    return (model, version) in unfinished or (model, CHALLENGER) in unfinished
+
+
 @flow(name="release-watch")
 def release_watch(policy_file: str | None = None, in_process: bool = False) -> list[str]:
     """Start a release for each pending challenger: as a run of the `release` deployment (so
@@ -39,7 +61,13 @@ def release_watch(policy_file: str | None = None, in_process: bool = False) -> l
     such deployment or `in_process` is set."""
     log = get_run_logger().info
     ws = workspace()
-    pending = pending_challengers(ws.registry, ws.home)
+    unfinished = unfinished_releases()
+    pending = []
+    for name, version in pending_challengers(ws.registry, ws.home):
+        if already_releasing(name, version, unfinished):
+            log(f"{name}/{version}: a release run of it is already queued or running; not starting another")
+        else:
+            pending.append((name, version))
     if not pending:
         log("No challenger waiting for a release")
         return []

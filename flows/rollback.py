@@ -4,6 +4,10 @@
 Both move traffic first (serving the version if it is not running) and the aliases second,
 in one Prefect transaction: if the alias move fails, traffic goes back. Who asked and why is
 recorded on the versions and in an MLflow run of the `fledge-releases` experiment.
+
+Both hold the model's lease (one operator at a time). A rollback is the emergency exit: it
+preempts a release in progress, which then stops without putting anything back; a promotion
+waits its turn (refused while another operator holds the model).
 """
 
 from __future__ import annotations
@@ -39,6 +43,13 @@ class ChampionChange(BaseModel):
 
 def _change_champion(model: str, new_version: str, kind: str, reason: str, requested_by: str,
                      serving: ServingPolicy) -> ChampionChange:
+    with serving_steps.model_lease(model, kind, f"{kind} of {model} to version {new_version} asked by {requested_by}",
+                                   preempt=kind == "rollback"):
+        return _change_champion_under_lease(model, new_version, kind, reason, requested_by, serving)
+
+
+def _change_champion_under_lease(model: str, new_version: str, kind: str, reason: str, requested_by: str,
+                                 serving: ServingPolicy) -> ChampionChange:
     log = get_run_logger().info
     ws = workspace()
     plane = connect_plane(ws.home, model)

@@ -19,6 +19,15 @@ def workspace() -> Workspace:
     return Workspace.open(FledgeHome.from_env())
 
 
+def preempted(model: str) -> str | None:
+    """Why this context's lease on `model` is gone (a rollback took it, an operator broke it),
+    or None while it holds it (or holds none). What a preempted release must not do: put back."""
+    from fledge.services.leases import held_lease
+
+    held = held_lease(model)
+    return None if held is None or held.still_held() else held.lost
+
+
 def say() -> Callable[[str], None]:
     try:
         logger = get_run_logger()

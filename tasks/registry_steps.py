@@ -11,7 +11,7 @@ from fledge.core.policy import ReleasePolicy
 from fledge.core.tags import Status
 from fledge.services import releases
 from serving.engine import supported_architectures
-from tasks.common import TRANSIENT, say, workspace
+from tasks.common import TRANSIENT, preempted, say, workspace
 
 
 @task(name="check release", cache_policy=NO_CACHE, **TRANSIENT)
@@ -59,6 +59,10 @@ def promote_in_registry(model: str, new_ref: str, old_ref: str | None, snapshot_
 @promote_in_registry.on_rollback
 def _put_aliases_back(transaction: Transaction) -> None:
     model = transaction.get("model")
+    lost = preempted(model)
+    if lost:
+        say()(f"Registry left as it is: {lost}")
+        return
     changes = releases.restore_aliases(workspace().registry, model, transaction.get("aliases_before"))
     say()(f"Registry put back as before the release: {'; '.join(changes) or 'nothing had changed'}")
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -15,13 +17,15 @@ from fledge.core.errors import FledgeError
 from fledge.core.outcome import GateResult, Outcome
 from fledge.core.policy import CanaryPolicy, ServingPolicy, WatchPolicy
 from fledge.services import rollout
+from fledge.services.leases import HeldLease, holder_name, holding
 from fledge.services.plane import connect_plane, fleet_for, serve_version
 from serving.canary.controller import RolloutState
 from serving.canary.watch import judge_watch
 from serving.canary.window import VersionWindow
+from serving.gateway.leases import LeaseHeld
 from serving.gateway.routes import Backend, RouteChangeRefused, RouteTable
 from serving.naming import baseline_key, instance_key, stale_staging_copies
-from tasks.common import TRANSIENT, say, workspace
+from tasks.common import TRANSIENT, preempted, say, workspace
 
 
 class WatchBreach(FledgeError):
@@ -77,7 +81,32 @@ def run_canary(model: str, stable_ref: str, candidate_ref: str, instances: Canar
 
 @run_canary.on_rollback
 def _traffic_back(transaction: Transaction) -> None:
-    restore_traffic.fn(transaction.get("model"), transaction.get("routes_before"))
+    _restore_unless_preempted(transaction.get("model"), transaction.get("routes_before"))
+
+
+def _restore_unless_preempted(model: str, routes_before: dict | None) -> None:
+    lost = preempted(model)
+    if lost:
+        say()(f"Traffic left as it is: {lost}")
+        return
+    restore_traffic.fn(model, routes_before)
+
+
+@contextmanager
+def model_lease(model: str, purpose: str, what: str, preempt: bool = False) -> Iterator[HeldLease]:
+    """Hold MODEL's lease on the serving plane for the block: one operator at a time. Another
+    holder is refused with who and since when (a rollback, `preempt`, takes it over)."""
+    plane = connect_plane(workspace().home, model)
+    try:
+        with holding(plane.admin, model, purpose, holder_name(what), preempt=preempt) as held:
+            say()(f"Holding the lease on {model} ({purpose}, lease {held.lease.token})")
+            yield held
+    except LeaseHeld as error:
+        raise OperatorConflict(str(error)) from None
+
+
+class OperatorConflict(FledgeError):
+    """Another operator holds the model: the message names who, what for and since when."""
 
 
 @task(name="restore traffic", cache_policy=NO_CACHE, **TRANSIENT)
@@ -195,7 +224,7 @@ def switch_traffic(model: str, new_ref: str, serving: ServingPolicy, routes_befo
 
 @switch_traffic.on_rollback
 def _switch_back(transaction: Transaction) -> None:
-    restore_traffic.fn(transaction.get("model"), transaction.get("routes_before"))
+    _restore_unless_preempted(transaction.get("model"), transaction.get("routes_before"))
 
 
 @task(name="retire old versions", cache_policy=NO_CACHE)

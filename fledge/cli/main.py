@@ -27,6 +27,9 @@ cache_app = typer.Typer(help="Reused evaluation results of champions.", no_args_
 app.add_typer(cache_app, name="cache")
 fleet_app = typer.Typer(help="The vLLM servers of this Fledge home: they outlive the gateway.", no_args_is_help=True)
 app.add_typer(fleet_app, name="fleet")
+lease_app = typer.Typer(help="Who may change a model now: one operator (a release, a rollback, a promotion) at a time.",
+                        no_args_is_help=True)
+app.add_typer(lease_app, name="lease")
 console = Console()
 
 
@@ -564,6 +567,41 @@ def fleet_stop() -> None:
 
     stopped = stop_serving(FledgeHome.from_env().ensure())
     console.print(f"Stopped {len(stopped)} server(s){': ' + ', '.join(stopped) if stopped else ''}", highlight=False)
+
+
+@lease_app.command("show")
+@friendly
+def lease_show(name: Optional[str] = typer.Argument(None, help="Only this model.")) -> None:
+    """The leases the serving plane holds: model, holder, purpose, since."""
+    from fledge.services.plane import connect_plane
+
+    home = FledgeHome.from_env().ensure()
+    table = Table(title="Leases")
+    for column in ("model", "holder", "purpose", "since", "lease"):
+        table.add_column(column)
+    for model, lease in connect_plane(home, name).admin.leases().items():
+        if name in (None, model):
+            table.add_row(model, lease.holder, lease.purpose, time.strftime("%H:%M:%S", time.localtime(lease.since)),
+                          str(lease.token))
+    console.print(table)
+
+
+@lease_app.command("break")
+@friendly
+def lease_break(name: str = typer.Argument(..., help="The model whose lease to break.")) -> None:
+    """End the lease on NAME whoever holds it (its holder is gone, or must be stopped): the
+    holder's later changes are refused. The break is in the gateway's audit log.
+
+    Example: `fledge lease break tiny-llama`
+    """
+    import getpass
+
+    from fledge.services.plane import connect_plane
+
+    home = FledgeHome.from_env().ensure()
+    broken = connect_plane(home, name).admin.break_lease(name, f"{getpass.getuser()} (fledge lease break)")
+    console.print(f"Broke lease {broken.token} of {broken.holder} ({broken.purpose})" if broken
+                  else f"Nobody held {name}", highlight=False)
 
 
 @app.command()

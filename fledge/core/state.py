@@ -87,6 +87,7 @@ class StatePaths:
     plane: Path  # where the running serving plane (gateway) listens, and its pid
     routes: Path  # the gateway's route table, persisted so a restarted gateway keeps the split
     audit: Path  # every admin change of the gateway, one JSON line each (serving.gateway.audit)
+    leases: Path  # who may change each model now (serving.gateway.leases)
     admin_token: Path
     quantized: Path  # scratch space for quantized checkpoints before they are registered
 
@@ -94,7 +95,7 @@ class StatePaths:
     def under(cls, root: Path) -> "StatePaths":
         return cls(root=root, instances=root / "instances.json", instances_lock=root / "instances.lock",
                    instance_starts=root / "instance-starts.jsonl", plane=root / "gateway.json",
-                   routes=root / "gateway-routes.json", audit=root / "gateway-audit.jsonl",
+                   routes=root / "gateway-routes.json", audit=root / "gateway-audit.jsonl", leases=root / "leases.json",
                    admin_token=root / "gateway-admin-token",
                    quantized=root / "quantized")
 

@@ -25,6 +25,7 @@ from fledge.core.home import FledgeHome
 from fledge.core.policy import ServingPolicy
 from fledge.core.state import read_json, write_json
 from fledge.services.evaluate import server_config
+from fledge.services.leases import held_lease
 from registry.adapters import adapter_rank
 from registry.refs import CHAMPION
 from registry.store import ModelRegistry, VersionInfo
@@ -162,6 +163,9 @@ def connect_plane(home: FledgeHome, model: str | None = None, url: str | None = 
         admin.routes()
     except Exception as error:
         raise PlaneNotRunning(f"The gateway at {url} does not answer ({error}). {fix}") from None
+    held = held_lease(model) if model else None
+    if held is not None:  # this context's changes of the model go under its lease
+        admin = admin.fenced(held.lease)
     return ServingPlane(home, admin, fleet_for(home))
 
 

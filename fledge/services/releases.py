@@ -20,11 +20,13 @@ from fledge.core.policy import ReleasePolicy
 from fledge.core.state import read_json, write_atomic
 from fledge.core.tags import Status
 from fledge.services.context import Workspace
+from fledge.services.leases import held_lease
 from fledge.services.plane import connect_plane
 from registry.adapters import adapter_base_problem
 from registry.refs import CHALLENGER, CHAMPION, PREVIOUS, parse_ref
 from registry.runs import RunRecorder
 from registry.store import ModelRegistry, VersionInfo
+from serving.gateway.leases import held_by
 from serving.gateway.routes import RouteTable
 
 ROLES = (CHAMPION, CHALLENGER, PREVIOUS)
@@ -39,10 +41,12 @@ class ReleaseOutcome(StrEnum):
     REJECTED = "rejected"  # a gate, an approver or a timeout said no before any traffic moved
     ROLLED_BACK = "rolled_back"  # the canary or the post-promotion watch said no
     FAILED = "failed"  # something broke; everything was put back
+    PREEMPTED = "preempted"  # an operator took the model over (a rollback): nothing was put back, the state is theirs
 
 
 STATUS_AFTER = {ReleaseOutcome.PROMOTED: Status.CHAMPION, ReleaseOutcome.REJECTED: Status.REJECTED,
-                ReleaseOutcome.ROLLED_BACK: Status.ROLLED_BACK, ReleaseOutcome.FAILED: Status.CANDIDATE}
+                ReleaseOutcome.ROLLED_BACK: Status.ROLLED_BACK, ReleaseOutcome.FAILED: Status.CANDIDATE,
+                ReleaseOutcome.PREEMPTED: Status.CANDIDATE}
 
 
 class Snapshot(BaseModel):
@@ -100,6 +104,9 @@ def preflight(model: str, candidate: str, policy: ReleasePolicy, auto_approve: b
     candidate_version = registry.resolve(parse_ref(_candidate_ref(model, candidate)))
     in_progress = load_record(workspace.home, model)
     plane = connect_plane(workspace.home, model)
+    held = plane.admin.leases().get(model)
+    if held is not None and held_lease(model) is None:
+        raise ReleaseInputError(held_by(held))
     if in_progress is not None and in_progress.requested == candidate_version.ref:
         # A run of this release was killed, perhaps after the promotion: the record holds the
         # champion and the traffic from before it, and the re-run continues from there.

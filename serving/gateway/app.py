@@ -35,6 +35,7 @@ from starlette.routing import Route
 from fledge.core.policy import GatewayPolicy
 from serving.gateway.audit import AuditLog
 from serving.gateway.guards import OutlierDetector, RetryBudget, json_shape_problem
+from serving.gateway.leases import FENCE_HEADER, LeaseHeld, LeaseLost, LeaseTable
 from serving.gateway.metrics import GatewayMetrics, Observation
 from serving.gateway.routes import Backend, RouteChangeRefused, RouteTable, load_routes, save_routes
 from serving.gateway.sse import EventStream
@@ -195,6 +196,7 @@ class Gateway:
         admin_token: str,
         limits: GatewayPolicy,
         audit_path: Path | None = None,
+        leases_path: Path | None = None,
         api_keys: dict[str, float] | None = None,
         connect_timeout_s: float = 2.0,
         read_timeout_s: float = 300.0,
@@ -204,6 +206,7 @@ class Gateway:
         self.admin_token = admin_token
         self.limits = limits
         self.audit = AuditLog(audit_path or routes_path.with_name("gateway-audit.jsonl"))
+        self.leases = LeaseTable(leases_path or routes_path.with_name("leases.json"))
         self.api_keys = api_keys or {}
         self.buckets = {key: TokenBucket(rate) for key, rate in self.api_keys.items()}
         self.routes: RouteTable | None = load_routes(routes_path)
@@ -231,6 +234,11 @@ class Gateway:
                 Route("/admin/backends/{version:path}", self.remove_backend, methods=["DELETE"]),
                 Route("/admin/observations", self.observations, methods=["GET"]),
                 Route("/admin/audit", self.get_audit, methods=["GET"]),
+                Route("/admin/leases", self.get_leases, methods=["GET"]),
+                Route("/admin/leases/acquire", self.acquire_lease, methods=["POST"]),
+                Route("/admin/leases/renew", self.renew_lease, methods=["POST"]),
+                Route("/admin/leases/release", self.release_lease, methods=["POST"]),
+                Route("/admin/leases/break", self.break_lease, methods=["POST"]),
                 Route("/admin/backend-metrics/{version:path}", self.backend_metrics, methods=["GET"]),
             ],
             lifespan=self._lifespan,
@@ -482,22 +490,52 @@ class Gateway:
             "effective_weights": self.routes.effective_weights(ejected) if self.routes else {},
         })
 
+    def _fence_error(self, request: Request) -> JSONResponse | None:
+        """A route change while someone holds the model's lease must carry that lease's fencing
+        token; a stale token (a lease that expired, was broken or preempted) is refused too, so
+        its holder never undoes what the new holder did."""
+        if self.routes is None:
+            return None
+        model, fence = self.routes.model, request.headers.get(FENCE_HEADER)
+        if fence:
+            fenced_model, _, token = fence.rpartition(":")
+            try:
+                self.leases.check(fenced_model or model, int(token))
+            except (LeaseLost, ValueError) as error:
+                return _error(409, f"Refused: {error}.", "lease_lost")
+            return None
+        held = self.leases.current(model)
+        if held is not None:
+            return _error(409, f"Refused: {held.holder} holds the lease on {model} ({held.purpose}, lease {held.token}); "
+                          "changes go through it, or break the lease (`fledge lease break`).", "lease_held")
+        return None
+
     async def _admin(self, request: Request, change) -> Response:
         refused = self._admin_error(request)
         if refused:
             return refused
+        if request.method != "GET" and not request.url.path.startswith("/admin/leases"):
+            refused = self._fence_error(request)
+            if refused:
+                return refused
         before = self.routes.model_dump() if self.routes else None
         try:
             body = await self._read_json(request, empty={}) if request.method in ("PUT", "POST") else {}
             response = await change(body)
         except _Refused as refusal:
             return refusal.response
+        except LeaseHeld as error:
+            return JSONResponse({"error": {"message": str(error), "type": "lease_held", "code": 409},
+                                 "lease": error.lease.model_dump()}, status_code=409)
+        except LeaseLost as error:
+            return _error(409, str(error), "lease_lost")
         except (RouteChangeRefused, ValueError, KeyError, TypeError) as error:  # ValueError: pydantic's validation
             return _error(400, str(error))
-        if request.method != "GET":
+        if request.method != "GET" and request.url.path != "/admin/leases/renew" and response.status_code < 400:
             after = self.routes.model_dump() if self.routes else None
+            leases = {"lease": body} if request.url.path.startswith("/admin/leases") else {}
             self.audit.append(f"{request.method} {request.url.path}", before, after, self.admin_token,
-                              query=dict(request.query_params))
+                              query=dict(request.query_params), fence=request.headers.get(FENCE_HEADER), **leases)
         return response
 
     async def get_routes(self, request: Request) -> Response:
@@ -553,6 +591,35 @@ class Gateway:
     async def get_audit(self, request: Request) -> Response:
         return await self._admin(request, lambda body: _async(
             JSONResponse(self.audit.entries(int(request.query_params.get("after", "0"))))))
+
+    async def get_leases(self, request: Request) -> Response:
+        return await self._admin(request, lambda body: _async(JSONResponse(
+            {model: lease.model_dump() for model in list(self.leases.leases) if (lease := self.leases.current(model))})))
+
+    async def acquire_lease(self, request: Request) -> Response:
+        async def change(body):
+            pid = body.get("pid")
+            lease = self.leases.acquire(body["model"], str(body["holder"]), str(body["purpose"]), float(body["ttl_s"]),
+                                        preempt=bool(body.get("preempt", False)), host=body.get("host"),
+                                        pid=int(pid) if pid is not None else None)
+            return JSONResponse(lease.model_dump())
+        return await self._admin(request, change)
+
+    async def renew_lease(self, request: Request) -> Response:
+        return await self._admin(request, lambda body: _async(JSONResponse(
+            self.leases.renew(body["model"], int(body["token"]), float(body["ttl_s"])).model_dump())))
+
+    async def release_lease(self, request: Request) -> Response:
+        async def change(body):
+            self.leases.release(body["model"], int(body["token"]))
+            return JSONResponse({"released": True})
+        return await self._admin(request, change)
+
+    async def break_lease(self, request: Request) -> Response:
+        async def change(body):
+            broken = self.leases.break_lease(body["model"], str(body["by"]))
+            return JSONResponse({"broken": broken.model_dump() if broken else None})
+        return await self._admin(request, change)
 
     async def backend_metrics(self, request: Request) -> Response:
         version = request.path_params["version"]

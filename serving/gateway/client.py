@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import socket
+
 import httpx
 
 from fledge.core.errors import FledgeError
+from serving.gateway.leases import FENCE_HEADER, Lease, LeaseHeld, LeaseLost
 from serving.gateway.metrics import Observation
 from serving.gateway.routes import Backend, RouteTable
 
@@ -19,19 +23,54 @@ class GatewayAdminError(FledgeError):
 
 
 class GatewayAdmin:
-    def __init__(self, url: str, token: str, timeout_s: float = 10.0):
+    def __init__(self, url: str, token: str, timeout_s: float = 10.0, fence: str | None = None):
+        """`fence` (MODEL:TOKEN): the lease this client's route changes are made under."""
         self.url = url.rstrip("/")
-        self.http = httpx.Client(base_url=self.url, headers={"authorization": f"Bearer {token}"}, timeout=timeout_s)
+        self.token = token
+        self.fence = fence
+        headers = {"authorization": f"Bearer {token}", **({FENCE_HEADER: fence} if fence else {})}
+        self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout_s)
+
+    def fenced(self, lease: Lease) -> "GatewayAdmin":
+        """A client whose changes are made under `lease`: refused once the lease is gone."""
+        return GatewayAdmin(self.url, self.token, fence=f"{lease.model}:{lease.token}")
 
     def _call(self, method: str, path: str, **kwargs) -> httpx.Response:
         response = self.http.request(method, path, **kwargs)
         if response.status_code >= 400:
             try:
-                message = response.json()["error"]["message"]
+                payload = response.json()
+                message, kind = payload["error"]["message"], payload["error"].get("type")
             except (ValueError, KeyError, TypeError):
-                message = response.text
+                payload, message, kind = None, response.text, None
+            if kind == "lease_held" and payload and "lease" in payload:
+                raise LeaseHeld(message, Lease.model_validate(payload["lease"]))
+            if kind in ("lease_lost", "lease_held"):
+                raise LeaseLost(message)
             raise GatewayAdminError(f"gateway {method} {path}: HTTP {response.status_code}: {message}", response.status_code)
         return response
+
+    # ---- leases: one operator at a time per model ------------------------------------------
+
+    def acquire_lease(self, model: str, holder: str, purpose: str, ttl_s: float, preempt: bool = False) -> Lease:
+        """For this process (its host and pid travel with it: a holder that exits holds nothing)."""
+        body = {"model": model, "holder": holder, "purpose": purpose, "ttl_s": ttl_s, "preempt": preempt,
+                "host": socket.gethostname(), "pid": os.getpid()}
+        return Lease.model_validate(self._call("POST", "/admin/leases/acquire", json=body).json())
+
+    def renew_lease(self, lease: Lease, ttl_s: float) -> Lease:
+        body = {"model": lease.model, "token": lease.token, "ttl_s": ttl_s}
+        return Lease.model_validate(self._call("POST", "/admin/leases/renew", json=body).json())
+
+    def release_lease(self, lease: Lease) -> None:
+        self._call("POST", "/admin/leases/release", json={"model": lease.model, "token": lease.token})
+
+    def break_lease(self, model: str, by: str) -> Lease | None:
+        broken = self._call("POST", "/admin/leases/break", json={"model": model, "by": by}).json()["broken"]
+        return Lease.model_validate(broken) if broken else None
+
+    def leases(self) -> dict[str, Lease]:
+        return {m: Lease.model_validate(v) for m, v in self._call("GET", "/admin/leases").json().items()}
 
     def routes(self) -> RouteTable | None:
         data = self._call("GET", "/admin/routes").json()

@@ -30,7 +30,8 @@ def build_gateway(state_dir: Path, limits: GatewayPolicy, api_keys: dict[str, fl
     """The gateway of a state directory: its routes, audit log and admin token live there;
     `limits` is the policy's `serving.gateway` section."""
     paths = StatePaths.under(state_dir)
-    return Gateway(paths.routes, admin_token(state_dir), limits, audit_path=paths.audit, api_keys=api_keys, **kwargs)
+    return Gateway(paths.routes, admin_token(state_dir), limits, audit_path=paths.audit, leases_path=paths.leases,
+                   api_keys=api_keys, **kwargs)
 
 
 class BackgroundGateway:

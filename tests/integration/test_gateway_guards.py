@@ -234,3 +234,25 @@ def test_a_restore_goes_to_the_instances_serving_now_and_stable_keeps_its_traffi
     assert {k: (b.base_url, b.weight) for k, b in restored.backends.items()} == {"m/1": ("http://127.0.0.1:2222/v1", 100)}
     with pytest.raises(Exception, match="answers its health check"):
         snapshot.restored_on({})
+
+
+def test_route_changes_go_through_the_lease_and_a_preempted_holder_cannot_undo_the_rollback(start_gateway):
+    from serving.gateway.leases import LeaseHeld, LeaseLost
+
+    gateway, admin = start_gateway()
+    with ScriptedBackend("stable") as stable, ScriptedBackend("canary") as canary:
+        route(admin, stable, canary, canary_weight=0)
+        release_lease = admin.acquire_lease("m", "release of m/2", "release", ttl_s=60)
+        release = admin.fenced(release_lease)
+        release.set_weights({"m/1": 50, "m/2": 50})  # the release's canary step
+        with pytest.raises(LeaseHeld, match=r"m is held by release of m/2 \(release\) since"):
+            admin.acquire_lease("m", "a second release", "release", ttl_s=60)
+        with pytest.raises(LeaseLost, match="holds the lease on m"):
+            admin.set_weights({"m/1": 100, "m/2": 0})  # nobody changes the model around its holder
+        rollback = admin.fenced(admin.acquire_lease("m", "rollback by ops", "rollback", ttl_s=60, preempt=True))
+        rollback.set_weights({"m/1": 100, "m/2": 0})
+        with pytest.raises(LeaseLost, match="preempted by rollback by ops"):
+            release.put_routes(release.routes().model_copy())  # the release's put-back
+        assert admin.routes().backends["m/2"].weight == 0
+        actions = [(e["action"], e.get("fence")) for e in admin.audit()]
+        assert ("POST /admin/leases/acquire", None) in actions and ("POST /admin/weights", "m:2") in actions

@@ -4,6 +4,7 @@ deployments on their work pools, the refusals before any work, and what release-
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -156,6 +157,25 @@ def test_release_watch_picks_challengers_no_release_has_decided(registry, two_ve
     assert (model_name, second.version) not in pending_challengers(registry, FledgeHome(session_home))
 
 
+def test_release_watch_never_starts_a_second_run_for_a_challenger_whose_run_is_queued(model_name):
+    """A run scheduled for a worker has written nothing to the Fledge home yet: the Prefect API
+    is asked which release runs are unfinished."""
+    from prefect.states import Completed, Scheduled
+
+    from flows.release import release
+    from flows.release_watch import already_releasing, unfinished_releases
+
+    with get_client(sync_client=True) as client:
+        queued = client.create_flow_run(release, parameters={"model": model_name, "candidate": "7"}, state=Scheduled())
+        done = client.create_flow_run(release, parameters={"model": model_name, "candidate": "8"}, state=Completed())
+    unfinished = unfinished_releases()
+    assert already_releasing(model_name, "7", unfinished)
+    assert not already_releasing(model_name, "8", unfinished)
+    with get_client(sync_client=True) as client:
+        client.delete_flow_run(queued.id)
+        client.delete_flow_run(done.id)
+
+
 def test_deployments_are_registered_on_the_cpu_and_gpu_pools_with_the_policy_cron():
     from flows.deployments import deploy_to_pools
 
@@ -170,3 +190,69 @@ def test_deployments_are_registered_on_the_cpu_and_gpu_pools_with_the_policy_cro
         assert client.read_deployment_by_name("evaluate-suite/gpu").work_pool_name == "gpu"
         release = client.read_deployment_by_name("release/release")
         assert set(release.parameter_openapi_schema["properties"]) == {"model", "candidate", "policy_file", "auto_approve"}
+
+
+@pytest.fixture()
+def plane_for(session_home):
+    """A gateway recorded as the session home's serving plane, with one scripted backend."""
+    from support.backend import ScriptedBackend
+
+    from fledge.core.state import write_json
+    from serving.gateway.client import GatewayAdmin
+    from serving.gateway.routes import Backend
+    from serving.gateway.server import BackgroundGateway, admin_token, build_gateway
+
+    home = FledgeHome(session_home)
+    started = []
+
+    def start(model: str) -> GatewayAdmin:
+        backend = ScriptedBackend("stable").__enter__()
+        gateway = BackgroundGateway(build_gateway(home.state, load_policy().serving.gateway)).start()
+        started.extend([backend, gateway])
+        write_json(home.files.plane, {"url": gateway.url, "model": model, "pid": os.getpid()})
+        admin = GatewayAdmin(gateway.url, admin_token(home.state))
+        admin.add_backend(model, Backend(version=f"{model}/1", base_url=backend.base_url))
+        return admin
+
+    yield start
+    home.files.plane.unlink(missing_ok=True)
+    home.files.routes.unlink(missing_ok=True)
+    for thing in started:
+        thing.stop() if hasattr(thing, "stop") else thing.close()
+
+
+def test_a_release_preempted_by_a_rollback_never_undoes_it(registry, two_versions, model_name, plane_for):
+    """The release promoted, then an operator's rollback took the model's lease and moved the
+    aliases back itself; the release then fails (its watch breached): its transaction's hooks
+    find the lease lost and leave the registry and the traffic as the rollback made them."""
+    from fledge.services.releases import take_snapshot
+    from serving.gateway.leases import LeaseHeld, LeaseLost
+    from tasks import serving_steps
+    from tasks.registry_steps import promote_in_registry
+
+    first, second = two_versions
+    admin = plane_for(model_name)
+    snapshot = take_snapshot(registry, model_name, None)
+    leases_seen = {}
+
+    @flow
+    def preempted_release():
+        with serving_steps.model_lease(model_name, "release", f"release of {second.ref}") as held:
+            with pytest.raises(LeaseHeld, match=f"held by release of {second.ref}"):
+                admin.acquire_lease(model_name, "a second release", "release", 60)
+            with transaction():
+                promote_in_registry(model_name, second.ref, first.ref, snapshot.aliases)
+                # The operator's emergency rollback, from another process: it preempts the lease.
+                admin.acquire_lease(model_name, "rollback by ops", "rollback", 60, preempt=True)
+                registry.set_alias(model_name, CHAMPION, first.version)  # previous back as champion
+                registry.delete_alias(model_name, PREVIOUS)
+                leases_seen["lost"] = not held.still_held()
+                raise RuntimeError("the watch found a breach")
+
+    with pytest.raises(RuntimeError, match="breach"):
+        preempted_release()
+    assert leases_seen == {"lost": True}
+    # The rollback's aliases; the snapshot put back would have brought the challenger alias back too.
+    assert registry.aliases(model_name) == {CHAMPION: first.version}
+    with pytest.raises(LeaseLost):  # an unfenced change while the rollback holds the model
+        admin.set_weights({f"{model_name}/1": 100})
