@@ -131,6 +131,9 @@ class Fleet:
 
         def keep() -> None:
             while not self._keeper_stop.wait(self.lease_s / 5):
+                if not (self._keep_all or self._handles or self._loaded):
+                    self._keeper = None  # nothing of ours left: the next start begins another
+                    return
                 try:
                     self.renew(None if self._keep_all else set(self._handles) | self._loaded)
                 except Exception:  # a full disk or a lock held: try again at the next beat
@@ -235,6 +238,7 @@ class Fleet:
                 return False
             records.pop(key, None)
             self._write(records)
+        self._loaded.discard(key)
         if record is not None and record.adapter_of is not None:
             return lora.unload_adapter(record.base_url, record.served_model_name)
         handle = self._handles.pop(key, None)

@@ -633,10 +633,14 @@ def status(name: str = typer.Argument(..., help="Registered model name.")) -> No
             instances.add_row(record.key, record.base_url, str(record.pid), f"{time.time() - record.started_at:.0f} s")
     console.print(instances)
     try:
-        routes = connect_plane(home, name).routes()
+        plane = connect_plane(home, name)
+        routes = plane.routes()
         split = ", ".join(f"{b.version} {b.weight} % ({b.role}{', draining' if b.draining else ''})"
                           for b in routes.backends.values()) if routes else "no routes"
         console.print(f"Traffic: {split}", highlight=False)
+        lease = plane.admin.leases().get(name)
+        console.print(f"Lease: {lease.holder} ({lease.purpose}, lease {lease.token})" if lease else "Lease: nobody holds it",
+                      highlight=False)
     except PlaneNotRunning:
         console.print("Traffic: no gateway is running (start one with `fledge gateway NAME`)")
     in_progress = load_record(home, name)

@@ -92,6 +92,9 @@ class RolloutDriver:
         if state.step_started_at is not None and state.step_started_at > self.clock():
             # Saved before a reboot (the monotonic clock restarted): the step's bake starts again.
             state = state.model_copy(update={"step_started_at": self.clock()})
+        sequence = self.admin.sequence()
+        if state.step_started_seq > sequence:  # the gateway's sequence restarted with the machine
+            state = state.model_copy(update={"step_started_seq": sequence, "started_seq": min(state.started_seq, sequence)})
         if not state.phase.terminal:
             self._set_canary_weight(state, state.canary_weight)
         return self.run(state)

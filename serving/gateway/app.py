@@ -163,6 +163,10 @@ class _RelayResponse(StreamingResponse):
                 out = self.events.feed(data)
                 if self.events.token_chunks > before:
                     self.flight.token()
+                if self.events.done:
+                    # A client stops reading at [DONE] and may hang up before the backend closes
+                    # its side: the answer was whole, so it is no cancellation.
+                    self.state["completed"] = True
                 if out:
                     yield out
             tail = self.events.flush()
@@ -219,6 +223,7 @@ class Gateway:
         # A full pool waits at most a second: the gateway is saturated, and says so (503).
         self.timeout = httpx.Timeout(connect=connect_timeout_s, read=read_timeout_s, write=30.0, pool=1.0)
         self.pools: dict[str, httpx.AsyncClient] = {}
+        self.health_client: httpx.AsyncClient | None = None  # its own: a backend's full pool must not fail its health
         self.app = Starlette(
             routes=[
                 Route("/v1/completions", self.completions, methods=["POST"]),
@@ -249,7 +254,7 @@ class Gateway:
         try:
             yield
         finally:
-            for pool in self.pools.values():
+            for pool in [*self.pools.values(), *([self.health_client] if self.health_client else [])]:
                 await pool.aclose()
 
     def _pool(self, backend: Backend) -> httpx.AsyncClient:
@@ -461,9 +466,12 @@ class Gateway:
         gainers = [b for k, b in table.backends.items()
                    if not b.draining and b.weight > (current[k].weight if k in current else 0)]
 
+        if gainers and self.health_client is None:
+            self.health_client = httpx.AsyncClient(timeout=3.0)
+
         async def check(backend: Backend) -> str | None:
             try:
-                response = await self._pool(backend).get(f"{backend.base_url.removesuffix('/v1')}/health", timeout=3.0)
+                response = await self.health_client.get(f"{backend.base_url.removesuffix('/v1')}/health")
             except httpx.HTTPError as error:
                 return f"{type(error).__name__}: {error}"
             return None if response.status_code == 200 else f"/health answered HTTP {response.status_code}"
@@ -589,8 +597,11 @@ class Gateway:
         return await self._admin(request, change)
 
     async def get_audit(self, request: Request) -> Response:
-        return await self._admin(request, lambda body: _async(
-            JSONResponse(self.audit.entries(int(request.query_params.get("after", "0"))))))
+        def entries():
+            found = self.audit.entries(int(request.query_params.get("after", "0")))
+            last = int(request.query_params.get("last", "0"))
+            return JSONResponse(found[-last:] if last else found)
+        return await self._admin(request, lambda body: _async(entries()))
 
     async def get_leases(self, request: Request) -> Response:
         return await self._admin(request, lambda body: _async(JSONResponse(

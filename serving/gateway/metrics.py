@@ -3,7 +3,10 @@ analysis (the analysis needs per-request values, which histograms do not keep).
 
 Every observation gets the next number of the gateway's own sequence: analysis windows are
 cut by it ("every observation after number N"), never by comparing clocks, so a wall-clock
-step cannot hide observations from a window or put old ones in it."""
+step cannot hide observations from a window or put old ones in it. The sequence starts at the
+machine's monotonic clock in microseconds, so a restarted gateway numbers on above everything
+its predecessor numbered (it never recorded a million observations a second) and a rollout
+whose window began before the restart still sees every observation after it."""
 
 from __future__ import annotations
 
@@ -58,12 +61,12 @@ class GatewayMetrics:
                                  [*labels, "reason"], registry=self.registry)
         self._observations: deque[Observation] = deque(maxlen=window)
         self._lock = threading.Lock()
-        self._last_seq = 0
+        self._last_seq = int(time.monotonic() * 1_000_000)
 
     @property
     def last_seq(self) -> int:
-        """The number of the newest observation (0 before the first): a window that starts now
-        is every observation after it."""
+        """The number of the newest observation (the sequence's start before the first): a
+        window that starts now is every observation after it."""
         with self._lock:
             return self._last_seq
 

@@ -25,6 +25,7 @@ class EventStream:
         self.token_chunks = 0
         self.usage_tokens: int | None = None
         self.saw_error = False
+        self.done = False  # the stream's `data: [DONE]` passed: the backend has answered in full
 
     def feed(self, data: bytes) -> bytes:
         """The complete lines in `data` (plus what was pending), rewritten; keeps the rest."""
@@ -45,6 +46,8 @@ class EventStream:
             self._dropped_event = False
             return None
         if not line.startswith(b"data: {"):
+            if line.strip() == b"data: [DONE]":
+                self.done = True
             return line
         line = line.replace(b'"model":' + self._backend, b'"model":' + self._public).replace(
             b'"model": ' + self._backend, b'"model": ' + self._public

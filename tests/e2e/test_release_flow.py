@@ -227,7 +227,14 @@ def test_3_an_approved_release_goes_through_the_canary_and_the_watch_to_champion
     assert run.data.params["candidate"] == stack.ref("improved") and run.data.tags["fledge.canary"] == "promoted"
     assert {"candidate.fledge_capitals.acc", "champion.fledge_capitals.acc"} <= set(run.data.metrics)
     artifacts = {a.path for a in stack.registry.client.list_artifacts(summary.mlflow_run_id)}
-    assert {"verdict.md", "canary_timeline.png", "canary_timeline.json", "release.md", "policy.json"} <= artifacts
+    assert {"verdict.md", "canary_timeline.png", "canary_timeline.json", "release.md", "policy.json",
+            "gateway_audit.jsonl"} <= artifacts
+    # The gateway's audit of the release's own route changes, each made under its lease.
+    audit = [json.loads(line) for line in
+             stack.registry.runs.artifact_text(summary.mlflow_run_id, "gateway_audit.jsonl").splitlines()]
+    weights = [entry for entry in audit if entry["action"] == "POST /admin/weights"]
+    assert weights and all(entry["fence"] and entry["fence"].startswith(f"{MODEL}:") for entry in weights)
+    assert any(entry["after"]["backends"][stack.ref("improved")]["weight"] == 50 for entry in weights)
     # The run holds the policy content every gate of the release judged by: the sections the
     # evaluations depend on are the ones each evaluation run (cached from test 1 here) recorded.
     policy = ReleasePolicy.model_validate_json(stack.registry.runs.artifact_text(summary.mlflow_run_id, "policy.json"))

@@ -256,3 +256,15 @@ def test_route_changes_go_through_the_lease_and_a_preempted_holder_cannot_undo_t
         assert admin.routes().backends["m/2"].weight == 0
         actions = [(e["action"], e.get("fence")) for e in admin.audit()]
         assert ("POST /admin/leases/acquire", None) in actions and ("POST /admin/weights", "m:2") in actions
+
+
+def test_a_window_begun_before_a_gateway_restart_sees_what_the_new_gateway_records(start_gateway):
+    gateway, admin = start_gateway()
+    with ScriptedBackend("stable") as stable:
+        route(admin, stable)
+        complete(gateway.url)
+        window_start = admin.sequence()
+        gateway.stop()
+        gateway, admin = start_gateway()  # same state directory: same routes, a new sequence
+        complete(gateway.url)
+        assert [o.version for o in admin.observations(after=window_start)] == ["m/1"]

@@ -98,3 +98,25 @@ def test_all_traffic_to_one_version_keeps_the_others_warm_and_drains_the_baselin
     assert (backends["tiny/1"].role, backends["tiny/1"].weight, backends["tiny/1"].draining) == ("canary", 0, False)
     assert backends["tiny/1+baseline"].draining and promoted.stable().version == "tiny/2"
     assert with_baseline().backends["tiny/1"].weight == 50  # edits return new tables
+
+
+def test_reconciling_keeps_live_backends_and_gives_a_dead_ones_share_to_stable():
+    split = RouteTable(model="tiny", backends={
+        "tiny/1": Backend(version="tiny/1", base_url="http://a/v1", role="stable", weight=50),
+        "tiny/2": Backend(version="tiny/2", base_url="http://b/v1", role="canary", weight=25),
+        "tiny/1+baseline": Backend(version="tiny/1+baseline", base_url="http://c/v1", role="baseline", weight=25),
+    })
+    kept = split.reconciled({"tiny/1", "tiny/2"})
+    assert {k: b.weight for k, b in kept.backends.items()} == {"tiny/1": 75, "tiny/2": 25}
+    only_canary = split.reconciled({"tiny/2"})  # stable is dead: the live canary becomes stable with it all
+    assert {k: (b.role, b.weight) for k, b in only_canary.backends.items()} == {"tiny/2": ("stable", 100)}
+    with pytest.raises(RouteChangeRefused, match="answers its health check"):
+        split.reconciled(set())
+
+
+def test_ejected_backends_lose_their_effective_share_but_never_all_of_them():
+    split = table(75, 25)
+    assert split.effective_weights({"tiny/2"}) == {"tiny/1": 100.0, "tiny/2": 0.0}
+    assert split.effective_weights({"tiny/1", "tiny/2"}) == {"tiny/1": 75.0, "tiny/2": 25.0}  # none left: all tried
+    rng = random.Random(3)
+    assert {split.choose(None, rng, ejected={"tiny/2"}).version for _ in range(200)} == {"tiny/1"}
