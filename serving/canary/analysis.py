@@ -32,13 +32,13 @@ after its third failed request (binomial p = 0.05**3, under the interim level 0.
 
 from __future__ import annotations
 
-import statistics
 from typing import Mapping
 
 from scipy import stats
 
 from fledge.core.outcome import Check, GateResult, Outcome
 from fledge.core.policy import CanaryPolicy
+from serving.canary.latency import slower_than_tolerated_check
 from serving.canary.rates import excess_rate_check
 from serving.canary.window import VersionWindow
 
@@ -66,18 +66,10 @@ class CanaryAnalysis(GateResult):
 
 
 def _latency_check(name: str, stable: list[float], canary: list[float], policy: CanaryPolicy, final_look: bool) -> Check:
-    if len(stable) < policy.min_samples or len(canary) < policy.min_samples:
-        return Check(name=name, outcome=Outcome.INCONCLUSIVE, measured=float(min(len(stable), len(canary))),
-                     limit=float(policy.min_samples), detail=f"{len(canary)} canary / {len(stable)} stable measurements")
-    ratio = statistics.median(canary) / statistics.median(stable)
-    tolerated = [value * policy.max_latency_ratio for value in stable]
-    p_value = float(stats.mannwhitneyu(canary, tolerated, alternative="greater").pvalue)
     level = 1 - policy.confidence if final_look else policy.interim_p_value
-    detail = (f"canary/stable median ratio {ratio:.2f} (limit {policy.max_latency_ratio:.2f}); slower than the limit "
-              f"allows: Mann-Whitney p={p_value:.3g} (needs < {level:.3g} at {'the end of the bake' if final_look else 'an early look'}) "
-              f"over {len(canary)}/{len(stable)} requests")
-    outcome = Outcome.FAIL if p_value < level else Outcome.PASS
-    return Check(name=name, outcome=outcome, measured=ratio, limit=policy.max_latency_ratio, detail=detail)
+    return slower_than_tolerated_check(name, stable, canary, policy.max_latency_ratio, level,
+                                       min_samples=policy.min_samples,
+                                       look=" at the end of the bake" if final_look else " at an early look")
 
 
 def analyze(stable: VersionWindow, canary: VersionWindow, policy: CanaryPolicy, final_look: bool = True,

@@ -80,6 +80,25 @@ def test_slower_than_the_previous_champion_by_more_than_the_ratio_fails():
     assert any("vs previous champion" in r for r in result.reasons)
 
 
+def test_a_few_slow_first_tokens_are_judged_by_the_slo_not_as_a_ratio_of_tails():
+    """The demo's adapter: 10 % of its first tokens three times slower than the previous
+    champion's p95, the rest as fast; a p95 ratio (2.5) rolled it back, the distributions do not
+    differ by more than the policy's ratio, and the absolute TTFT limit is met."""
+    previous = figures(observations("m/1", 60, ttft=0.03), "m/1")
+    current = observations("m/2", 54, ttft=0.03) + observations("m/2", 6, ttft=0.075, start=54)
+    result = judge_watch(figures(current), previous, WATCH)
+    assert result.outcome is Outcome.PASS, result.reasons
+    check = next(c for c in result.checks if c.name == "time to first token vs previous champion")
+    assert check.measured == pytest.approx(1.0)
+
+
+def test_first_tokens_slower_throughout_fail_against_the_previous_champion():
+    previous = figures(observations("m/1", 60, ttft=0.03), "m/1")
+    result = judge_watch(figures(observations("m/2", 60, ttft=0.06)), previous, WATCH)
+    assert result.outcome is Outcome.FAIL
+    assert any(r.startswith("time to first token vs previous champion") for r in result.reasons)
+
+
 def test_the_comparison_with_the_previous_champion_waits_for_the_whole_window():
     previous = figures(observations("m/1", 50, itl=0.01), "m/1")
     early = judge_watch(figures(observations("m/2", 20, itl=0.03)), previous, WATCH, window_closed=False)
