@@ -30,7 +30,7 @@ import openai  # noqa: E402
 from fledge.services.evaluate import server_config  # noqa: E402
 from fledge.core.policy import load_policy  # noqa: E402
 from fledge.devtools.zoo.build import build_zoo  # noqa: E402
-from serving.canary.controller import Phase  # noqa: E402
+from serving.canary.state_machine import Phase  # noqa: E402
 from serving.canary.driver import RolloutDriver  # noqa: E402
 from serving.gateway.client import GatewayAdmin  # noqa: E402
 from serving.gateway.routes import Backend  # noqa: E402

@@ -1,7 +1,8 @@
 """The release flow: one candidate version from the registry to production, or back out.
 
 resolve -> verify -> quantize -> evaluate (safety, quality, performance vs the champion) ->
-verdict -> approval -> canary through the gateway -> promote -> post-promotion watch.
+verdict -> approval -> the rollout, handed to the serving plane's controller: canary through
+the gateway -> promote (the aliases move) -> post-promotion watch.
 
 Orchestration only: every decision is made in `evals`, `serving.canary` and
 `fledge.services.approval`, every side effect sits in a task. The policy is loaded once, here,
@@ -20,7 +21,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from prefect import flow, get_run_logger, runtime
-from prefect.transactions import transaction
 from pydantic import BaseModel, ConfigDict, Field
 
 from evals.verdict import ReleaseVerdict, combine_verdicts
@@ -34,7 +34,7 @@ from fledge.services.releases import STATUS_AFTER, ReleaseInputError, ReleaseOut
 from flows.approval import ask_for_approval
 from flows.dispatch import evaluate_suites, quantize
 from registry.errors import RegistryError
-from serving.canary.controller import Phase, RolloutState
+from fledge.services.controller import RolloutEnd
 from tasks import registry_steps, reporting, serving_steps
 from tasks.common import preempted, workspace
 
@@ -142,7 +142,6 @@ def _open_record(target: ReleaseTarget, policy: ReleasePolicy, policy_file: str 
                 "evaluation_policy_hash": policy.evaluation_hash},
         run_tags={}, policy=policy,
     )
-    workspace().home.files.rollout(model).unlink(missing_ok=True)  # a finished rollout of another release
     return ReleaseRecord(model=model, candidate=target.candidate.ref, requested=target.candidate.ref,
                          champion=target.champion.ref, snapshot=snapshot, mlflow_run_id=run_id, policy=policy,
                          audit_seq=target.audit_seq)
@@ -167,34 +166,39 @@ def _evaluate(release: _Release, log) -> dict[str, str]:
     return {suite: r.run_id for suite, r in results.items()}
 
 
-def _canary_promote_watch(release: _Release) -> RolloutState:
-    """In one Prefect transaction: if the canary rolls back or the watch fails, the tasks'
-    rollback hooks put the aliases and the traffic back as they were."""
+def _canary_promote_watch(release: _Release, log) -> None:
+    """The rollout is the serving plane's: its controller runs the canary, moves the aliases on
+    promotion, runs the watch and puts everything back on a failure, whether or not this run is
+    still there to see it. The flow submits it (or finds the one an earlier run of this release
+    submitted) and waits for its end."""
     record, policy, clock = release.record, release.policy, release.clock
-    with clock("serve candidate"):
-        instances = serving_steps.serve_candidate(release.model, record.candidate, record.champion, policy.serving,
-                                             policy.canary.baseline_instance)
-    registry_steps.record_status(record.candidate, Status.CANARY)
-    judged = policy.for_adapter() if instances.adapter else policy  # an adapter's latency limit is LoRA's own
-    with transaction():
-        with clock("canary"):
-            state = serving_steps.run_canary(release.model, record.champion, record.candidate, instances, judged.canary,
-                                             record.snapshot.routes)
-        reporting.publish_canary(release.model, record.mlflow_run_id, state)
-        if state.phase is Phase.ROLLED_BACK:
-            raise _Ended(ReleaseOutcome.ROLLED_BACK, "canary", "canary rolled back: " + (
-                "; ".join(state.failed_checks) or state.history[-1].reason))
-        with clock("promote"):
-            serving_steps.retire_instance(release.model, record.champion, baseline=True)
-            registry_steps.promote_in_registry(release.model, record.candidate, record.champion, record.snapshot.aliases)
-            previous = serving_steps.stable_figures(release.model, record.champion, after_seq=state.started_seq)
-        with clock("watch"):
-            try:
-                serving_steps.watch_new_champion(release.model, record.candidate, judged.watch,
-                                                 policy.canary.analysis_interval_seconds, previous)
-            except serving_steps.WatchBreach as breach:
-                raise _Ended(ReleaseOutcome.ROLLED_BACK, "watch", str(breach)) from None
-    return state
+    rollout = serving_steps.find_rollout(release.model, record.mlflow_run_id)
+    if rollout is not None:
+        log(f"The plane's controller has this release's rollout, submitted by an earlier run: {rollout.describe()}")
+    else:
+        with clock("serve candidate"):
+            instances = serving_steps.serve_candidate(release.model, record.candidate, record.champion, policy.serving,
+                                                      policy.canary.baseline_instance)
+        registry_steps.record_status(record.candidate, Status.CANARY)
+        judged = policy.for_adapter() if instances.adapter else policy  # an adapter's latency limit is LoRA's own
+        rollout = serving_steps.submit_rollout(
+            release.model, record.mlflow_run_id, record.champion, record.candidate, instances, judged.canary,
+            judged.watch, record.snapshot.aliases, record.snapshot.routes,
+            f"release of {record.candidate} (flow run {release.flow_run_id})")
+    with clock("canary and watch"):
+        ended = serving_steps.await_rollout(release.model, rollout.id, policy.canary.analysis_interval_seconds,
+                                            patience_s=5 * policy.canary.progress_deadline_seconds)
+    if ended.canary is not None:
+        reporting.publish_canary(release.model, record.mlflow_run_id, ended.canary)
+    if ended.end is RolloutEnd.PROMOTED:
+        return
+    if ended.end is RolloutEnd.FAILED:
+        raise RuntimeError(ended.reason)
+    lost = preempted(release.model)
+    if lost:  # aborted by the rollback that took the model over
+        raise serving_steps.RolloutLost(lost)
+    stage = ended.ended_in.value if ended.ended_in else "canary"
+    raise _Ended(ReleaseOutcome.ROLLED_BACK, "watch" if stage == "watch" else "canary", ended.reason)
 
 
 def _put_back(record: ReleaseRecord, log, keep_staging_copy: bool) -> None:
@@ -206,6 +210,9 @@ def _put_back(record: ReleaseRecord, log, keep_staging_copy: bool) -> None:
     if lost:
         log(f"Nothing put back: {lost}")
         return
+    # A rollout of this release still running (this run failed while waiting for it) ends first:
+    # its controller puts traffic and aliases back and the steps below find nothing left to do.
+    serving_steps.abort_rollout(record.model, f"the release of {record.candidate}, which stopped", record.mlflow_run_id)
     changes = registry_steps.restore_registry(record.model, record.snapshot.aliases)
     if changes:
         log("Registry put back: " + "; ".join(changes))
@@ -237,6 +244,10 @@ def _approve(release: _Release, auto_approve: bool, log) -> None:
 
 def _run_gates_and_rollout(release: _Release, auto_approve: bool, log) -> tuple[ReleaseOutcome, str, str]:
     record, policy, clock = release.record, release.policy, release.clock
+    if serving_steps.find_rollout(release.model, record.mlflow_run_id) is not None:
+        # The gates passed and the approval was given before an earlier run submitted the rollout.
+        _canary_promote_watch(release, log)
+        return ReleaseOutcome.PROMOTED, "complete", f"{record.candidate} is the champion; {record.champion} is previous"
     serving_steps.stop_stale_staging(release.model, record.champion)
     with clock("verify"):
         try:
@@ -263,9 +274,7 @@ def _run_gates_and_rollout(release: _Release, auto_approve: bool, log) -> tuple[
                      f"{release.verdict.outcome.value} at the {blocking[0].gate} gate: " + "; ".join(blocking[0].reasons))
     with clock("approval"):
         _approve(release, auto_approve, log)
-    _canary_promote_watch(release)
-    with clock("retire previous"):
-        serving_steps.retire_instance(release.model, record.champion)
+    _canary_promote_watch(release, log)
     return ReleaseOutcome.PROMOTED, "complete", f"{record.candidate} is the champion; {record.champion} is previous"
 
 

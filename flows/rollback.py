@@ -53,6 +53,15 @@ def _change_champion_under_lease(model: str, new_version: str, kind: str, reason
     log = get_run_logger().info
     ws = workspace()
     plane = connect_plane(ws.home, model)
+    running = plane.admin.rollout(model)
+    if running is not None and running["end"] is None:
+        if kind != "rollback":
+            raise releases.ReleaseInputError(
+                f"A rollout of {running['spec']['canary']} is in progress for {model} ({running['description']}). "
+                f"Wait for it to end, or abort it first: `fledge rollout abort {model}`.")
+        # The emergency exit: the rollout ends first (its controller puts traffic and aliases back
+        # as before it), then this rollback goes on from there.
+        serving_steps.abort_rollout(model, f"the rollback asked by {requested_by}")
     aliases = ws.registry.aliases(model)
     old_ref = f"{model}/{aliases[CHAMPION]}" if CHAMPION in aliases else None
     new_ref = f"{model}/{new_version}"

@@ -8,3 +8,8 @@ class LaunchError(FledgeError):
     Retryable: a start that timed out on a loaded machine can pass the next time."""
 
     retryable = True
+
+
+class RolloutConflict(FledgeError):
+    """A rollout is in progress where a new one was asked for, or none where one was expected;
+    the message names it and what to do."""

@@ -10,6 +10,7 @@ from prefect.transactions import Transaction, get_transaction
 from fledge.core.policy import ReleasePolicy
 from fledge.core.tags import Status
 from fledge.services import releases
+from registry.roles import promote_aliases, restore_aliases
 from serving.engine import supported_architectures
 from tasks.common import TRANSIENT, preempted, say, workspace
 
@@ -52,7 +53,7 @@ def promote_in_registry(model: str, new_ref: str, old_ref: str | None, snapshot_
     get_transaction().set("model", model)
     get_transaction().set("aliases_before", snapshot_aliases)
     old_version = old_ref.rsplit("/", 1)[1] if old_ref else None
-    releases.promote_aliases(workspace().registry, model, new_ref.rsplit("/", 1)[1], old_version)
+    promote_aliases(workspace().registry, model, new_ref.rsplit("/", 1)[1], old_version)
     say()(f"Registry: {model}@champion -> {new_ref}" + (f", {model}@previous -> {old_ref}" if old_ref else ""))
 
 
@@ -63,13 +64,13 @@ def _put_aliases_back(transaction: Transaction) -> None:
     if lost:
         say()(f"Registry left as it is: {lost}")
         return
-    changes = releases.restore_aliases(workspace().registry, model, transaction.get("aliases_before"))
+    changes = restore_aliases(workspace().registry, model, transaction.get("aliases_before"))
     say()(f"Registry put back as before the release: {'; '.join(changes) or 'nothing had changed'}")
 
 
 @task(name="restore registry", cache_policy=NO_CACHE, **TRANSIENT)
 def restore_registry(model: str, aliases: dict[str, str]) -> list[str]:
-    return releases.restore_aliases(workspace().registry, model, aliases)
+    return restore_aliases(workspace().registry, model, aliases)
 
 
 @task(name="delete alias", cache_policy=NO_CACHE, **TRANSIENT)

@@ -14,7 +14,7 @@ from prefect.cache_policies import NO_CACHE
 from evals.verdict import ReleaseVerdict
 from fledge.core import tags
 from fledge.services.plane import connect_plane
-from serving.canary.controller import RolloutState
+from serving.canary.state_machine import RolloutState
 from serving.canary.timeline import timeline_markdown, timeline_png, timeline_rows
 from tasks.common import TRANSIENT, say, workspace
 

@@ -1,5 +1,7 @@
-"""Serving steps of a release: the canary through the gateway, the post-promotion watch, and
-putting traffic back. Traffic changes are undone when the release's transaction rolls back."""
+"""Serving steps of a release, a rollback and a promotion: the instances a canary needs, the
+rollout handed to the serving plane's controller (which runs the canary, the promotion and the
+watch) and waited for, the model's lease, and putting traffic back. The rollback's and the
+promotion's traffic switch is undone when their transaction rolls back."""
 
 from __future__ import annotations
 
@@ -13,25 +15,20 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.transactions import Transaction, get_transaction
 
+import httpx
+
 from fledge.core.errors import FledgeError
-from fledge.core.outcome import GateResult, Outcome
 from fledge.core.policy import CanaryPolicy, ServingPolicy, WatchPolicy
-from fledge.services import rollout
+from fledge.services.controller import ManagedRollout, RolloutSpec
+from fledge.services.instances import retire_instance as retire
 from fledge.services.leases import HeldLease, holder_name, holding
-from fledge.services.plane import connect_plane, fleet_for, serve_version
-from serving.canary.controller import RolloutState
-from serving.canary.watch import judge_watch
-from serving.canary.window import VersionWindow
+from fledge.services.rollout import place_backend
+from fledge.services.plane import PlaneNotRunning, connect_plane, fleet_for, serve_version
+from serving.gateway.client import GatewayAdminError
 from serving.gateway.leases import LeaseHeld
 from serving.gateway.routes import Backend, RouteChangeRefused, RouteTable
-from serving.naming import baseline_key, instance_key, stale_staging_copies
+from serving.naming import instance_key, stale_staging_copies
 from tasks.common import TRANSIENT, preempted, say, workspace
-
-
-class WatchBreach(FledgeError):
-    def __init__(self, result: GateResult):
-        self.result = result
-        super().__init__("post-promotion watch: " + "; ".join(result.reasons))
 
 
 @dataclass(frozen=True)
@@ -65,23 +62,92 @@ def serve_candidate(model: str, candidate_ref: str, champion_ref: str, serving: 
                            adapter)
 
 
-@task(name="canary", cache_policy=NO_CACHE)
-def run_canary(model: str, stable_ref: str, candidate_ref: str, instances: CanaryInstances, canary: CanaryPolicy,
-               routes_before: dict) -> RolloutState:
-    """The canary through the gateway (services.rollout.run_canary). If the release's
-    transaction rolls back, the traffic split before the release comes back."""
-    transaction = get_transaction()
-    transaction.set("model", model)
-    transaction.set("routes_before", routes_before)
-    home = workspace().home
-    plane = connect_plane(home, model)
-    return rollout.run_canary(plane.admin, home.files.rollout(model), canary, model, stable_ref, candidate_ref,
-                              instances.candidate_url, instances.baseline_url, log=say())
+@task(name="submit rollout", cache_policy=NO_CACHE, **TRANSIENT)
+def submit_rollout(model: str, release_id: str, stable_ref: str, candidate_ref: str, instances: CanaryInstances,
+                   canary: CanaryPolicy, watch: WatchPolicy, aliases_before: dict[str, str], routes_before: dict | None,
+                   submitted_by: str) -> ManagedRollout:
+    """Hand the canary, the promotion and the watch to the serving plane's rollout controller
+    (services.controller). Idempotent: a re-run of the release gets the rollout on record."""
+    plane = connect_plane(workspace().home, model)
+    spec = RolloutSpec(release_id=release_id, model=model, stable=stable_ref, canary=candidate_ref,
+                       canary_url=instances.candidate_url, baseline_url=instances.baseline_url, canary_policy=canary,
+                       watch_policy=watch, aliases_before=aliases_before, routes_before=routes_before,
+                       submitted_by=submitted_by)
+    submitted = _managed(plane.admin.submit_rollout(spec.model_dump(mode="json")))
+    say()(f"Rollout {submitted.id} submitted to the plane's controller: {submitted.describe()}")
+    return submitted
 
 
-@run_canary.on_rollback
-def _traffic_back(transaction: Transaction) -> None:
-    _restore_unless_preempted(transaction.get("model"), transaction.get("routes_before"))
+def _managed(view: dict) -> ManagedRollout:
+    return ManagedRollout.model_validate({k: v for k, v in view.items() if k not in ("description", "progress")})
+
+
+@task(name="find rollout", cache_policy=NO_CACHE, **TRANSIENT)
+def find_rollout(model: str, release_id: str) -> ManagedRollout | None:
+    """The rollout an earlier run of this release submitted, running or ended."""
+    view = connect_plane(workspace().home, model).admin.rollout(model)
+    return _managed(view) if view is not None and view["spec"]["release_id"] == release_id else None
+
+
+class RolloutLost(FledgeError):
+    """The release stopped waiting: its lease went (a rollback took the model) or the plane
+    stayed unreachable; the rollout, on record, is the controller's to end."""
+
+
+@task(name="canary, promotion and watch", cache_policy=NO_CACHE)
+def await_rollout(model: str, rollout_id: str, poll_seconds: float, patience_s: float) -> ManagedRollout:
+    """Wait for the controller to end the rollout, saying what it does as it goes. The plane
+    not answering is waited out for `patience_s` (it resumes the rollout when it restarts)."""
+    log = say()
+    said, unreachable_since, admin = None, None, None
+    while True:
+        try:
+            admin = admin or connect_plane(workspace().home, model).admin
+            view = admin.rollout(model)
+            unreachable_since = None
+        except (PlaneNotRunning, httpx.TransportError, GatewayAdminError) as error:
+            if isinstance(error, GatewayAdminError) and not error.retryable:
+                raise
+            admin, unreachable_since = None, unreachable_since or time.monotonic()
+            if time.monotonic() - unreachable_since > patience_s:
+                raise RolloutLost(f"the serving plane has not answered for {patience_s:.0f} s ({error}); the rollout "
+                                  "stays on record and its controller resumes it when the plane starts") from None
+            time.sleep(poll_seconds)
+            continue
+        lost = preempted(model)
+        if lost:
+            raise RolloutLost(f"the release's lease is gone ({lost}); the rollout is the controller's to end")
+        if view is None or view["id"] != rollout_id:
+            raise RolloutLost(f"the plane has no record of rollout {rollout_id} any more")
+        if view["progress"] != said:
+            said = view["progress"]
+            log(f"Rollout: {said}")
+        current = _managed(view)
+        if not current.running:
+            return current
+        time.sleep(poll_seconds)
+
+
+@task(name="abort rollout", cache_policy=NO_CACHE)
+def abort_rollout(model: str, by: str, release_id: str | None = None, timeout_s: float = 120.0) -> ManagedRollout | None:
+    """Abort the model's running rollout (only the given release's, with `release_id`) and wait
+    until the controller has put traffic and aliases back; None when there was none to abort."""
+    try:
+        admin = connect_plane(workspace().home, model).admin
+        view = admin.rollout(model)
+    except PlaneNotRunning:
+        return None  # the plane's next start resumes it; its abort then is the operator's
+    if view is None or view["end"] is not None or (release_id and view["spec"]["release_id"] != release_id):
+        return None
+    admin.command_rollout(model, "abort", by)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        view = admin.rollout(model)
+        if view["end"] is not None:
+            say()(f"Rollout {view['id']} aborted: {view['description']}")
+            return _managed(view)
+        time.sleep(0.2)
+    raise RolloutLost(f"the controller did not end rollout {view['id']} within {timeout_s:.0f} s of the abort")
 
 
 def _restore_unless_preempted(model: str, routes_before: dict | None) -> None:
@@ -129,64 +195,11 @@ def restore_traffic(model: str, routes_before: dict | None) -> None:
     say()(f"Traffic put back as before the release: {split}")
 
 
-@task(name="previous champion's figures", cache_policy=NO_CACHE, **TRANSIENT)
-def stable_figures(model: str, stable_ref: str, after_seq: int) -> VersionWindow:
-    """What users of the previous champion saw while the canary ran (every observation the
-    gateway numbered after `after_seq`): its stable instance and its baseline instance
-    together (at a 50 % step the baseline serves all of them)."""
-    plane = connect_plane(workspace().home, model)
-    return VersionWindow.from_observations(stable_ref, plane.admin.observations(after=after_seq),
-                                           route_keys={stable_ref, baseline_key(stable_ref)})
-
-
-@task(name="post-promotion watch", cache_policy=NO_CACHE)
-def watch_new_champion(model: str, new_ref: str, watch: WatchPolicy, poll_seconds: float,
-                       previous: VersionWindow | None) -> GateResult:
-    """Judge the new champion over the policy's window. A breach raises WatchBreach at once,
-    which rolls the release's transaction back (aliases and traffic); so does a window that
-    ends without a pass."""
-    log = say()
-    plane = connect_plane(workspace().home, model)
-    # The window is every observation the gateway numbers from now on; its length is kept by
-    # the monotonic clock, which never steps.
-    after = plane.admin.sequence()
-    end = time.monotonic() + watch.window_seconds
-    log(f"Watching {new_ref} for {watch.window_seconds:g} s with the previous champion kept warm")
-    while True:
-        closed = time.monotonic() >= end
-        figures = VersionWindow.from_observations(new_ref, plane.admin.observations(after=after))
-        result = judge_watch(figures, previous, watch, window_closed=closed)
-        if result.outcome is Outcome.FAIL:
-            raise WatchBreach(result)
-        if closed:
-            break
-        time.sleep(poll_seconds)
-    if result.outcome is not Outcome.PASS:
-        raise WatchBreach(result)
-    log(f"Watch passed: {figures.requests} requests, TTFT p95 {figures.ms('ttft_s', 95) or 0:.0f} ms, "
-        f"inter-token p95 {figures.ms('itl_s', 95) or 0:.0f} ms")
-    return result
-
-
 @task(name="retire instance", cache_policy=NO_CACHE)
 def retire_instance(model: str, ref: str, baseline: bool = False, drain_seconds: float = 30.0) -> None:
     """Drain an instance out of the gateway (in-flight streams finish), then stop its server."""
     plane = connect_plane(workspace().home, model)
-    key = instance_key(ref, baseline)
-    table = plane.routes()
-    if table is not None and key in table.backends:
-        if len([b for b in table.backends.values() if not b.draining]) > 1:
-            plane.admin.drain(key, deadline_s=drain_seconds)
-        plane.admin.remove_backend(key)
-    record = plane.fleet.records().get(key)
-    stopped = plane.fleet.stop(key)
-    say()(f"{key} removed from the gateway" + (
-        (" and unloaded from its server" if record and record.adapter_of else " and its server stopped") if stopped else ""))
-    # The server that held an adapter goes too once nothing routes to it and it holds no other.
-    host = record.adapter_of if record else None
-    table = plane.routes()
-    if host and (table is None or host not in table.backends) and plane.fleet.stop(host):
-        say()(f"{host} (which held {key}) stopped: nothing routes to it any more")
+    retire(plane.admin, plane.fleet, instance_key(ref, baseline), drain_seconds, log=say())
 
 
 @task(name="stop instance", cache_policy=NO_CACHE)
@@ -217,7 +230,9 @@ def switch_traffic(model: str, new_ref: str, serving: ServingPolicy, routes_befo
     plane = connect_plane(ws.home, model)
     instance, started = serve_version(ws.registry, ws.home, serving, new_ref, plane.fleet)
     log(f"{new_ref} {'started' if started else 'already serving'} at {instance.base_url}")
-    plane.admin.add_backend(model, Backend(version=new_ref, base_url=instance.base_url, role="canary"))
+    # Registered at 0 % unless it is already (the version may be serving as stable: a rollback
+    # to the champion a rollout was just aborted back to).
+    place_backend(plane.admin, model, Backend(version=new_ref, base_url=instance.base_url, role="canary"))
     plane.admin.put_routes(plane.routes().all_to(new_ref))
     log(f"All traffic of {model} now goes to {new_ref}")
 

@@ -30,6 +30,9 @@ app.add_typer(fleet_app, name="fleet")
 lease_app = typer.Typer(help="Who may change a model now: one operator (a release, a rollback, a promotion) at a time.",
                         no_args_is_help=True)
 app.add_typer(lease_app, name="lease")
+rollout_app = typer.Typer(help="The rollouts the serving plane's controller owns: show, pause, resume, abort.",
+                          no_args_is_help=True)
+app.add_typer(rollout_app, name="rollout")
 console = Console()
 
 
@@ -604,6 +607,61 @@ def lease_break(name: str = typer.Argument(..., help="The model whose lease to b
                   else f"Nobody held {name}", highlight=False)
 
 
+def _rollout_command(name: str, command: str) -> None:
+    import getpass
+
+    from fledge.services.plane import connect_plane
+
+    home = FledgeHome.from_env().ensure()
+    admin = connect_plane(home, name).admin
+    if admin.rollout(name) is None:
+        raise UsageError(f"No rollout of {name} is on record: `fledge release {name}` starts one.")
+    view = admin.command_rollout(name, command, f"{getpass.getuser()} (fledge rollout {command})")
+    console.print(f"Rollout of {view['spec']['canary']}: {view['description']}", highlight=False)
+
+
+@rollout_app.command("show")
+@friendly
+def rollout_show(name: str = typer.Argument(..., help="Registered model name.")) -> None:
+    """The model's rollout: stage, canary step, who owns it and who submitted it."""
+    from fledge.services.plane import connect_plane
+
+    view = connect_plane(FledgeHome.from_env().ensure(), name).admin.rollout(name)
+    if view is None:
+        raise UsageError(f"No rollout of {name} is on record.")
+    console.print(f"Rollout {view['id']} of {view['spec']['canary']} against {view['spec']['stable']}: "
+                  f"{view['description']}", highlight=False)
+
+
+@rollout_app.command("pause")
+@friendly
+def rollout_pause(name: str = typer.Argument(..., help="Registered model name.")) -> None:
+    """Hold the canary at its current step: nothing is decided until `fledge rollout resume`,
+    and the step then bakes again from the start.
+
+    Example: `fledge rollout pause tiny-llama`
+    """
+    _rollout_command(name, "pause")
+
+
+@rollout_app.command("resume")
+@friendly
+def rollout_resume(name: str = typer.Argument(..., help="Registered model name.")) -> None:
+    """Go on with a paused rollout."""
+    _rollout_command(name, "resume")
+
+
+@rollout_app.command("abort")
+@friendly
+def rollout_abort(name: str = typer.Argument(..., help="Registered model name.")) -> None:
+    """All traffic back on the stable version and the registry aliases as before the rollout,
+    whatever its analysis says and whoever holds the model.
+
+    Example: `fledge rollout abort tiny-llama`
+    """
+    _rollout_command(name, "abort")
+
+
 @app.command()
 @friendly
 def status(name: str = typer.Argument(..., help="Registered model name.")) -> None:
@@ -641,6 +699,9 @@ def status(name: str = typer.Argument(..., help="Registered model name.")) -> No
         lease = plane.admin.leases().get(name)
         console.print(f"Lease: {lease.holder} ({lease.purpose}, lease {lease.token})" if lease else "Lease: nobody holds it",
                       highlight=False)
+        rollout = plane.admin.rollout(name)
+        if rollout is not None:
+            console.print(f"Rollout of {rollout['spec']['canary']}: {rollout['description']}", highlight=False)
     except PlaneNotRunning:
         console.print("Traffic: no gateway is running (start one with `fledge gateway NAME`)")
     in_progress = load_record(home, name)

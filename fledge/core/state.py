@@ -104,5 +104,12 @@ class StatePaths:
         return self.root / f"release-{_slug(model)}.json"
 
     def rollout(self, model: str) -> Path:
-        """The canary rollout's state (serving.canary.controller.RolloutState)."""
+        """The canary rollout's state (serving.canary.state_machine.RolloutState)."""
         return self.root / f"rollout-{_slug(model)}.json"
+
+    def managed_rollout(self, model: str) -> Path:
+        """The rollout the plane's controller owns: its spec and stage (services.controller)."""
+        return self.root / f"managed-rollout-{_slug(model)}.json"
+
+    def managed_rollouts(self) -> list[Path]:
+        return sorted(self.root.glob("managed-rollout-*.json"))

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from fledge.core.policy import CanaryPolicy
 from serving.canary.analysis import analyze
-from serving.canary.controller import Phase, RolloutState, advance, decide, step_baked
+from serving.canary.state_machine import Phase, RolloutState, advance, decide, step_baked
 from serving.canary.driver import split_traffic
 from serving.canary.window import VersionWindow
 

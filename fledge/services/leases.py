@@ -54,12 +54,15 @@ class HeldLease:
                 continue
 
     def still_held(self) -> bool:
-        """Asks the plane now: False once the lease is gone (preempted, broken, expired)."""
+        """Asks the plane now: False once the lease is gone (preempted, broken, expired). A
+        plane that does not answer (restarting) cannot say it is gone: still held."""
         if self.lost is None:
             try:
                 self.lease = self.admin.renew_lease(self.lease, self.ttl_s)
             except LeaseLost as error:
                 self.lost = str(error)
+            except Exception:  # noqa: BLE001 - the plane down or restarting; the lease is kept there
+                pass
         return self.lost is None
 
     def release(self) -> None:

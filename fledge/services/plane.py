@@ -15,6 +15,7 @@ explicit step (`stop_serving`, `fledge fleet stop`).
 from __future__ import annotations
 
 import os
+import secrets
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from fledge.core.errors import FledgeError
 from fledge.core.home import FledgeHome
 from fledge.core.policy import ServingPolicy
 from fledge.core.state import read_json, write_json
+from fledge.services.controller import RolloutController, rollout_in_progress
 from fledge.services.evaluate import server_config
 from fledge.services.leases import held_lease
 from registry.adapters import adapter_rank
@@ -137,6 +139,7 @@ class ServingPlane:
     home: FledgeHome
     admin: GatewayAdmin
     fleet: Fleet
+    controller: "RolloutController | None" = None  # in the plane's own process only
 
     @property
     def url(self) -> str:
@@ -176,8 +179,10 @@ def run_plane(
 ) -> Iterator[ServingPlane]:
     """Run the gateway in this process with MODEL@champion behind it: re-attach to the
     instances still serving, keep the persisted split where it leads to live instances (a
-    canary in progress keeps its share), else put the champion at 100 %. On exit the gateway
-    stops and the instances keep serving, their leases no longer renewed by this process."""
+    canary in progress keeps its share), else put the champion at 100 %. The rollout controller
+    (services.controller) runs here and resumes the rollouts on record. On exit the controller
+    and the gateway stop and the instances keep serving, their leases no longer renewed by this
+    process."""
     home.ensure()
     fleet = Fleet(home.state, LocalLauncher(home.logs, owner_pid=os.getpid()))
     kept, removed = fleet.reattach()
@@ -190,19 +195,29 @@ def run_plane(
         log(f"Serving {model}@{CHAMPION} ({champion.served_model_name}): started at {champion.base_url}")
     routes = reconcile_routes(load_routes(home.files.routes), fleet.records())
     stable = routes.stable() if routes else None
-    if routes is None or routes.model != model or stable is None or (stable.version, stable.base_url) != (
-            champion.served_model_name, champion.base_url):
+    # A rollout on record owns the split (between its promotion and the alias move the stable
+    # backend is the canary, not yet the champion): it is kept wherever it leads to live instances.
+    owned = routes is not None and routes.model == model and rollout_in_progress(home, model)
+    if not owned and (routes is None or routes.model != model or stable is None or (stable.version, stable.base_url) != (
+            champion.served_model_name, champion.base_url)):
         routes = RouteTable.serving_only(model, Backend(version=champion.served_model_name, base_url=champion.base_url))
     save_routes(routes, home.files.routes)  # before the gateway loads them: it never answers from stale routes
+    controller_token = secrets.token_urlsafe(24)  # never written: it lives and dies with this process
+    controller = None
     try:
-        with BackgroundGateway(build_gateway(home.state, serving.gateway), host=host, port=port) as gateway:
+        with BackgroundGateway(build_gateway(home.state, serving.gateway, controller_token=controller_token),
+                               host=host, port=port) as gateway:
+            controller = RolloutController(home, registry, GatewayAdmin(gateway.url, controller_token), fleet, log=log)
+            gateway.gateway.rollouts = controller
+            controller.resume_all()  # a rollout the last plane left half-way goes on from its stage
             write_json(home.files.plane, {"url": gateway.url, "model": model, "pid": os.getpid()})
             admin = GatewayAdmin(gateway.url, admin_token(home.state))
             split = ", ".join(f"{k} {b.weight} %" for k, b in routes.backends.items() if b.weight)
             log(f"Gateway for {model} at {gateway.url}/v1: {split}")
             try:
-                yield ServingPlane(home, admin, fleet)
+                yield ServingPlane(home, admin, fleet, controller)
             finally:
                 home.files.plane.unlink(missing_ok=True)
+                controller.stop()  # before the gateway stops: a rollout is left where it is, on record
     finally:
         fleet.release_leases()

@@ -23,14 +23,12 @@ from fledge.services.context import Workspace
 from fledge.services.leases import held_lease
 from fledge.services.plane import connect_plane
 from registry.adapters import adapter_base_problem
-from registry.refs import CHALLENGER, CHAMPION, PREVIOUS, parse_ref
+from registry.refs import CHAMPION, PREVIOUS, parse_ref
+from registry.roles import ROLES
 from registry.runs import RunRecorder
 from registry.store import ModelRegistry, VersionInfo
 from serving.gateway.leases import held_by
 from serving.gateway.routes import RouteTable
-
-ROLES = (CHAMPION, CHALLENGER, PREVIOUS)
-
 
 class ReleaseInputError(FledgeError):
     """The release (or rollback, or promotion) cannot start as asked; the message says what to change."""
@@ -168,7 +166,6 @@ def save_record(home: FledgeHome, record: ReleaseRecord) -> None:
 
 def clear_record(home: FledgeHome, model: str) -> None:
     home.files.release(model).unlink(missing_ok=True)
-    home.files.rollout(model).unlink(missing_ok=True)
 
 
 # ---- registry transitions ---------------------------------------------------------------------
@@ -176,34 +173,6 @@ def clear_record(home: FledgeHome, model: str) -> None:
 def take_snapshot(registry: ModelRegistry, model: str, routes: RouteTable | None) -> Snapshot:
     aliases = {a: v for a, v in registry.aliases(model).items() if a in ROLES}
     return Snapshot(aliases=aliases, routes=routes.model_dump(mode="json") if routes else None)
-
-
-def restore_aliases(registry: ModelRegistry, model: str, aliases: dict[str, str]) -> list[str]:
-    """Put the release roles back as they were; returns what changed, in words."""
-    current = registry.aliases(model)
-    changes = []
-    for role in ROLES:
-        before, now = aliases.get(role), current.get(role)
-        if before == now:
-            continue
-        if before is None:
-            registry.delete_alias(model, role)
-            changes.append(f"{role} removed (was {now})")
-        else:
-            registry.set_alias(model, role, before)
-            changes.append(f"{role} -> {before} (was {now or 'unset'})")
-    return changes
-
-
-def promote_aliases(registry: ModelRegistry, model: str, new_version: str, old_version: str | None) -> None:
-    """`champion` -> the new version, `previous` -> the old champion, `challenger` released."""
-    if old_version and old_version != new_version:
-        registry.set_alias(model, PREVIOUS, old_version)
-        registry.set_status(model, old_version, Status.PREVIOUS)
-    registry.set_alias(model, CHAMPION, new_version)
-    registry.set_status(model, new_version, Status.CHAMPION)
-    if registry.aliases(model).get(CHALLENGER) == new_version:
-        registry.delete_alias(model, CHALLENGER)
 
 
 def record_status(registry: ModelRegistry, ref: str, status: Status, extra: dict[str, str] | None = None) -> None:

@@ -11,7 +11,7 @@ from typing import Callable
 from fledge.core.outcome import Outcome
 from fledge.core.policy import CanaryPolicy
 from serving.canary.analysis import CanaryAnalysis
-from serving.canary.controller import Action, RolloutState
+from serving.canary.state_machine import Action, RolloutState
 from serving.canary.driver import RolloutDriver, load_state
 from serving.canary.window import VersionWindow
 from serving.gateway.client import GatewayAdmin
@@ -21,7 +21,7 @@ from serving.naming import baseline_key
 Log = Callable[[str], None]
 
 
-def _place(admin: GatewayAdmin, model: str, backend: Backend) -> None:
+def place_backend(admin: GatewayAdmin, model: str, backend: Backend) -> None:
     """Register `backend` at weight 0 unless the gateway already routes that key to that URL."""
     table = admin.routes()
     current = table.backends.get(backend.version) if table else None
@@ -38,16 +38,16 @@ def _on_tick(log: Log):
 
 def run_canary(
     admin: GatewayAdmin, state_path: Path, policy: CanaryPolicy, model: str, stable: str, canary: str, canary_url: str,
-    baseline_url: str | None = None, log: Log = print,
+    baseline_url: str | None = None, log: Log = print, control=None,
 ) -> RolloutState:
     """Step the canary's share of traffic up as the policy says, analysing each window against
     the baseline instance (at `baseline_url`) or, without one, the stable version. A saved
     rollout of the same versions is resumed (its weights re-applied first), not restarted."""
-    _place(admin, model, Backend(version=canary, base_url=canary_url, role="canary"))
+    place_backend(admin, model, Backend(version=canary, base_url=canary_url, role="canary"))
     baseline = baseline_key(stable) if baseline_url else None
     if baseline:
-        _place(admin, model, Backend(version=baseline, base_url=baseline_url, role="baseline", served_model=stable))
-    driver = RolloutDriver(admin, policy, state_path, on_tick=_on_tick(log))
+        place_backend(admin, model, Backend(version=baseline, base_url=baseline_url, role="baseline", served_model=stable))
+    driver = RolloutDriver(admin, policy, state_path, on_tick=_on_tick(log), control=control)
     saved = load_state(state_path)
     if saved is not None and (saved.stable, saved.canary, saved.baseline) == (stable, canary, baseline):
         if saved.phase.terminal:

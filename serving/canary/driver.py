@@ -15,25 +15,22 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
 
 import httpx
 
-from fledge.core.errors import FledgeError
 from fledge.core.policy import CanaryPolicy
 from fledge.core.state import read_json, write_atomic
 from serving.canary.analysis import CanaryAnalysis, analyze
-from serving.canary.controller import Action, ActionKind, Phase, RolloutState, advance, decide, step_age, step_baked
+from serving.canary.state_machine import (Action, ActionKind, Command, Phase, RolloutState, advance, decide,
+                                          resumed_after_pause, step_age, step_baked)
 from serving.canary.window import VersionWindow
+from serving.errors import RolloutConflict
 from serving.gateway.client import GatewayAdmin, GatewayAdminError
 
 
 def _transient(error: Exception) -> bool:
     return isinstance(error, httpx.TransportError) or (isinstance(error, GatewayAdminError) and error.retryable)
-
-
-class RolloutConflict(FledgeError):
-    """A rollout is in progress where a new one was asked for, or none where one was expected."""
 
 
 def save_state(state: RolloutState, path: Path) -> None:
@@ -64,13 +61,18 @@ class RolloutDriver:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         on_tick: Callable[[RolloutState, CanaryAnalysis | None, Action], None] | None = None,
+        control: Callable[[RolloutState], Command | Literal["pause"] | None] | None = None,
     ):
+        """`control`: asked before every look what an operator wants: "abort" (all traffic back
+        on stable now), "pause" (hold the weights, decide nothing), or None. It may raise to
+        stop the driver where it is (the saved state resumes later)."""
         self.admin = admin
         self.policy = policy
         self.state_path = state_path
         self.clock = clock
         self.sleep = sleep
         self.on_tick = on_tick
+        self.control = control
 
     def start(self, model: str, stable: str, canary: str, baseline: str | None = None) -> RolloutState:
         existing = load_state(self.state_path)
@@ -121,12 +123,29 @@ class RolloutDriver:
                        final_look=step_baked(state, self.policy, now), ejected=ejected)
 
     def run(self, state: RolloutState) -> RolloutState:
+        paused_since: float | None = None
         while not state.phase.terminal:
+            command = self.control(state) if self.control else None
+            if command == "pause":
+                paused_since = self.clock() if paused_since is None else paused_since
+                self.sleep(self.policy.analysis_interval_seconds)
+                continue
+            if paused_since is not None and state.phase is Phase.BAKING:
+                try:
+                    sequence = self.admin.sequence()
+                except Exception as error:
+                    if not _transient(error):
+                        raise
+                    self.sleep(self.policy.analysis_interval_seconds)
+                    continue
+                state = resumed_after_pause(state, self.clock(), sequence, self.clock() - paused_since)
+                save_state(state, self.state_path)
+            paused_since = None
             # One clock reading per look, so the analysis and the decision agree on whether the
             # step has baked (the analysis' significance level depends on it).
             now = self.clock()
-            analysis = self.analyze_window(state, now) if state.phase is Phase.BAKING else None
-            action = decide(state, analysis, self.policy, now)
+            analysis = self.analyze_window(state, now) if state.phase is Phase.BAKING and command is None else None
+            action = decide(state, analysis, self.policy, now, command=command)
             try:
                 state = self._apply(state, action, analysis)
             except Exception as error:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from serving.canary.controller import RolloutState
+from serving.canary.state_machine import RolloutState
 
 
 def timeline_rows(state: RolloutState) -> list[dict[str, str]]:

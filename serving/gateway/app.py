@@ -23,7 +23,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 import httpx
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -39,6 +39,7 @@ from serving.gateway.leases import FENCE_HEADER, LeaseHeld, LeaseLost, LeaseTabl
 from serving.gateway.metrics import GatewayMetrics, Observation
 from serving.gateway.routes import Backend, RouteChangeRefused, RouteTable, load_routes, save_routes
 from serving.gateway.sse import EventStream
+from serving.errors import RolloutConflict
 
 # Requests may pin a version with it; every response names the version that served it.
 VERSION_HEADER = "x-fledge-version"
@@ -48,6 +49,23 @@ RETRIED_HEADER = "x-fledge-retried-from"
 
 def _error(status: int, message: str, kind: str = "invalid_request_error", headers: dict | None = None) -> JSONResponse:
     return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status, headers=headers)
+
+
+class RolloutService(Protocol):
+    """What the admin API's /admin/rollouts endpoints call: the serving plane's rollout
+    controller (fledge.services.controller). Plain JSON in and out; a refusal raises
+    serving.errors.RolloutConflict (409) or KeyError (404)."""
+
+    def submit(self, spec: dict) -> dict: ...
+
+    def get(self, model: str) -> dict: ...
+
+    def list(self) -> list[dict]: ...
+
+    def command(self, model: str, command: str, by: str) -> dict: ...
+
+
+ROLLOUT_COMMANDS = ("pause", "resume", "abort")
 
 
 class _Refused(Exception):
@@ -205,9 +223,15 @@ class Gateway:
         connect_timeout_s: float = 2.0,
         read_timeout_s: float = 300.0,
         seed: int | None = None,
+        controller_token: str | None = None,
     ):
+        """`controller_token`: the plane's own rollout controller authenticates with it; its
+        changes carry no lease's fence (it acts on the rollouts it owns, whoever holds the
+        lease). Never written anywhere: it lives and dies with the plane's process."""
         self.routes_path = routes_path
         self.admin_token = admin_token
+        self.controller_token = controller_token
+        self.rollouts: RolloutService | None = None  # set by the plane once its controller runs
         self.limits = limits
         self.audit = AuditLog(audit_path or routes_path.with_name("gateway-audit.jsonl"))
         self.leases = LeaseTable(leases_path or routes_path.with_name("leases.json"))
@@ -245,6 +269,10 @@ class Gateway:
                 Route("/admin/leases/release", self.release_lease, methods=["POST"]),
                 Route("/admin/leases/break", self.break_lease, methods=["POST"]),
                 Route("/admin/backend-metrics/{version:path}", self.backend_metrics, methods=["GET"]),
+                Route("/admin/rollouts", self.list_rollouts, methods=["GET"]),
+                Route("/admin/rollouts", self.submit_rollout, methods=["POST"]),
+                Route("/admin/rollouts/{model:path}/{command}", self.command_rollout, methods=["POST"]),
+                Route("/admin/rollouts/{model:path}", self.get_rollout, methods=["GET"]),
             ],
             lifespan=self._lifespan,
         )
@@ -454,9 +482,16 @@ class Gateway:
     # ---- admin API ---------------------------------------------------------------------------
 
     def _admin_error(self, request: Request) -> JSONResponse | None:
-        given = request.headers.get("authorization", "").encode()
-        if not hmac.compare_digest(given, f"Bearer {self.admin_token}".encode()):
+        if self._token_used(request) is None:
             return _error(401, "Admin API: pass the gateway's admin token as 'Authorization: Bearer TOKEN'.", "authentication_error")
+        return None
+
+    def _token_used(self, request: Request) -> str | None:
+        """The admin or the controller token the request carries (compared in constant time)."""
+        given = request.headers.get("authorization", "").encode()
+        for token in (self.admin_token, self.controller_token):
+            if token and hmac.compare_digest(given, f"Bearer {token}".encode()):
+                return token
         return None
 
     async def _unhealthy_gainers(self, table: RouteTable) -> dict[str, str]:
@@ -522,7 +557,12 @@ class Gateway:
         refused = self._admin_error(request)
         if refused:
             return refused
-        if request.method != "GET" and not request.url.path.startswith("/admin/leases"):
+        # Leases are taken outside of leases; an operator's pause, resume or abort of a rollout
+        # must work whoever holds the model (Argo's abort always means "back to stable"); the
+        # controller acts on the rollouts it owns.
+        exempt = (request.url.path.startswith("/admin/leases") or self._token_used(request) == self.controller_token
+                  or (request.url.path.startswith("/admin/rollouts/") and "command" in request.path_params))
+        if request.method != "GET" and not exempt:
             refused = self._fence_error(request)
             if refused:
                 return refused
@@ -537,12 +577,14 @@ class Gateway:
                                  "lease": error.lease.model_dump()}, status_code=409)
         except LeaseLost as error:
             return _error(409, str(error), "lease_lost")
+        except RolloutConflict as error:
+            return _error(409, str(error), "rollout_conflict")
         except (RouteChangeRefused, ValueError, KeyError, TypeError) as error:  # ValueError: pydantic's validation
             return _error(400, str(error))
         if request.method != "GET" and request.url.path != "/admin/leases/renew" and response.status_code < 400:
             after = self.routes.model_dump() if self.routes else None
             leases = {"lease": body} if request.url.path.startswith("/admin/leases") else {}
-            self.audit.append(f"{request.method} {request.url.path}", before, after, self.admin_token,
+            self.audit.append(f"{request.method} {request.url.path}", before, after, self._token_used(request),
                               query=dict(request.query_params), fence=request.headers.get(FENCE_HEADER), **leases)
         return response
 
@@ -639,6 +681,46 @@ class Gateway:
             backend = self.routes.backends[version]
             response = await self._pool(backend).get(f"{backend.base_url.removesuffix('/v1')}/metrics")
             return PlainTextResponse(response.text, status_code=response.status_code, media_type=CONTENT_TYPE_LATEST)
+        return await self._admin(request, change)
+
+    # ---- rollouts: owned by the plane's controller --------------------------------------------
+
+    def _controller(self) -> RolloutService:
+        if self.rollouts is None:
+            raise _Refused(_error(404, "This gateway runs no rollout controller: start the serving plane with "
+                                  "`fledge gateway NAME`.", "not_found"), "no controller")
+        return self.rollouts
+
+    async def list_rollouts(self, request: Request) -> Response:
+        return await self._admin(request, lambda body: _async(JSONResponse(self._controller().list())))
+
+    async def get_rollout(self, request: Request) -> Response:
+        model = request.path_params["model"]
+
+        async def change(body):
+            try:
+                return JSONResponse(await asyncio.to_thread(self._controller().get, model))
+            except KeyError:
+                return _error(404, f"No rollout of {model} is on record.", "not_found")
+        return await self._admin(request, change)
+
+    async def submit_rollout(self, request: Request) -> Response:
+        async def change(body):
+            return JSONResponse(await asyncio.to_thread(self._controller().submit, body), status_code=201)
+        return await self._admin(request, change)
+
+    async def command_rollout(self, request: Request) -> Response:
+        model, command = request.path_params["model"], request.path_params["command"]
+
+        async def change(body):
+            if command not in ROLLOUT_COMMANDS:
+                return _error(404, f"Unknown rollout command {command!r}: use one of {', '.join(ROLLOUT_COMMANDS)}.",
+                              "not_found")
+            try:
+                return JSONResponse(await asyncio.to_thread(self._controller().command, model, command,
+                                                            str(body.get("by") or "an operator")))
+            except KeyError:
+                return _error(404, f"No rollout of {model} is on record.", "not_found")
         return await self._admin(request, change)
 
 

@@ -126,6 +126,29 @@ class GatewayAdmin:
         and which token made them."""
         return self._call("GET", "/admin/audit", params={"after": after}).json()
 
+    # ---- rollouts: owned by the plane's controller ------------------------------------------
+
+    def submit_rollout(self, spec: dict) -> dict:
+        """Hand a rollout to the plane's controller; it answers with the rollout on record (the
+        one already running, when it is the same rollout)."""
+        return self._call("POST", "/admin/rollouts", json=spec).json()
+
+    def rollout(self, model: str) -> dict | None:
+        """The model's rollout on record (running or the last one ended), or None."""
+        try:
+            return self._call("GET", f"/admin/rollouts/{model}").json()
+        except GatewayAdminError as error:
+            if error.status == 404:
+                return None
+            raise
+
+    def rollouts(self) -> list[dict]:
+        return self._call("GET", "/admin/rollouts").json()
+
+    def command_rollout(self, model: str, command: str, by: str) -> dict:
+        """pause | resume | abort, by whom (recorded on the rollout and in the audit log)."""
+        return self._call("POST", f"/admin/rollouts/{model}/{command}", json={"by": by}).json()
+
     def backend_metrics(self, version: str) -> str:
         return self._call("GET", f"/admin/backend-metrics/{version}").text
 

@@ -15,8 +15,8 @@ artifacts (runs:/), as teams do without Fledge; the first release of each adopts
 5. unsafe: rejected at the safety gate, the other suites not run;
 6. short-context: passes the suites, refused requests in the canary: rolled back; only the
    candidate was started (test 5 left the staging copy);
-7. improved again, the release process killed during the canary and run again: it resumes
-   the canary, reuses the evaluations and finishes with registry and traffic consistent;
+7. improved again, the release process killed during the canary: the plane's rollout
+   controller ends the rollout alone (promoted, aliases moved); the re-run finishes the records;
 8. status;
 9. short-context's weights changed in the artifact store after adoption: refused at verify;
 10. LoRA adapters trained on base, registered with --base: refused while improved is champion;
@@ -229,11 +229,17 @@ def test_3_an_approved_release_goes_through_the_canary_and_the_watch_to_champion
     artifacts = {a.path for a in stack.registry.client.list_artifacts(summary.mlflow_run_id)}
     assert {"verdict.md", "canary_timeline.png", "canary_timeline.json", "release.md", "policy.json",
             "gateway_audit.jsonl"} <= artifacts
-    # The gateway's audit of the release's own route changes, each made under its lease.
+    # The gateway's audit: the release submitted its rollout under its lease; every weight
+    # change of it was the plane's controller's (its own token, no lease needed).
+    from serving.gateway.audit import token_id
+    from serving.gateway.server import admin_token
+
     audit = [json.loads(line) for line in
              stack.registry.runs.artifact_text(summary.mlflow_run_id, "gateway_audit.jsonl").splitlines()]
+    submits = [entry for entry in audit if entry["action"] == "POST /admin/rollouts"]
+    assert len(submits) == 1 and submits[0]["fence"].startswith(f"{MODEL}:")
     weights = [entry for entry in audit if entry["action"] == "POST /admin/weights"]
-    assert weights and all(entry["fence"] and entry["fence"].startswith(f"{MODEL}:") for entry in weights)
+    assert weights and all(entry["token_id"] != token_id(admin_token(stack.home.state)) for entry in weights)
     assert any(entry["after"]["backends"][stack.ref("improved")]["weight"] == 50 for entry in weights)
     # The run holds the policy content every gate of the release judged by: the sections the
     # evaluations depend on are the ones each evaluation run (cached from test 1 here) recorded.
@@ -284,7 +290,10 @@ def test_6_a_candidate_that_refuses_real_conversations_is_rolled_back_by_the_can
     assert stack.registry.get_version(MODEL, stack.versions["short-context"]).status == "rolled_back"
 
 
-def test_7_a_release_killed_during_the_canary_resumes_when_run_again(stack):
+def test_7_a_release_killed_during_the_canary_is_ended_by_the_plane_and_its_rerun_finishes_it(stack):
+    """kill -9 of the release process at its 50 % step: the plane's rollout controller goes on
+    alone (steps, promotes, moves the aliases, watches, retires base); the re-run only finishes
+    the release's records."""
     from prefect.settings import PREFECT_API_URL
 
     from fledge.services.releases import load_record
@@ -298,10 +307,9 @@ def test_7_a_release_killed_during_the_canary_resumes_when_run_again(stack):
             [sys.executable, "-m", "fledge.cli.main", "release", MODEL, "--version", stack.versions["improved"],
              "--policy", stack.policies["auto"]], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
-    state_path = stack.home.files.rollout(MODEL)
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline and process.poll() is None:
-        if state_path.is_file() and json.loads(state_path.read_text())["phase"] == "baking":
+        if stack.traffic().get(stack.ref("improved")) == 50:
             break
         time.sleep(0.2)
     assert process.poll() is None, log_path.read_text()[-3000:]
@@ -309,19 +317,23 @@ def test_7_a_release_killed_during_the_canary_resumes_when_run_again(stack):
     process.wait()
     killed_record = load_record(stack.home, MODEL)
     assert killed_record is not None and killed_record.requested == stack.ref("improved")
-    # The serving plane kept the canary and its baseline serving their shares (at a 50 % step
-    # the baseline takes the other half) while no release process ran.
-    assert stack.traffic() == {stack.ref("base"): 0, stack.ref("base") + "+baseline": 50, stack.ref("improved"): 50}
 
-    summary = release(MODEL, stack.versions["improved"], stack.policies["auto"])
-    assert summary.outcome.value == "promoted", summary.reason
-    assert summary.mlflow_run_id == killed_record.mlflow_run_id  # one MLflow run for the whole release
-    assert summary.evaluations_reused == ALL_SUITES
-    tags = release_tags(stack, summary)
-    assert len(tags["prefect.flow_run_ids"].split(",")) == 2
+    # No release process runs; the controller ends the rollout by its analysis.
+    ended = stack.plane.controller.wait(MODEL, timeout_s=180)
+    assert ended.end.value == "promoted", ended.reason
     assert stack.registry.aliases(MODEL) == {CHAMPION: stack.versions["improved"], PREVIOUS: stack.versions["base"]}
     assert stack.traffic() == {stack.ref("improved"): 100}
     assert stack.serving() == {stack.ref("improved")}
+
+    starts = stack.starts()
+    summary = release(MODEL, stack.versions["improved"], stack.policies["auto"])
+    assert summary.outcome.value == "promoted", summary.reason
+    assert summary.mlflow_run_id == killed_record.mlflow_run_id  # one MLflow run for the whole release
+    assert stack.starts() == starts  # the re-run started nothing and evaluated nothing again
+    assert not any(stage.startswith("evaluate") for stage in summary.stage_seconds)
+    tags = release_tags(stack, summary)
+    assert len(tags["prefect.flow_run_ids"].split(",")) == 2 and tags["fledge.canary"] == "promoted"
+    assert stack.registry.get_version(MODEL, stack.versions["improved"]).status == "champion"
     assert load_record(stack.home, MODEL) is None
 
 
@@ -331,6 +343,7 @@ def test_8_status_shows_aliases_servers_traffic_and_releases(stack):
     assert result.returncode == 0, result.stderr
     assert f"{stack.ref('improved')} 100 % (stable)" in result.stdout
     assert "promoted" in result.stdout and "rolled_back" in result.stdout and "rejected" in result.stdout
+    assert f"Rollout of {stack.ref('improved')}: promoted in the watch stage" in result.stdout
 
 
 def test_9_a_file_changed_in_the_store_after_adoption_is_refused_at_the_next_release(stack):

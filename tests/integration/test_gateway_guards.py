@@ -16,7 +16,7 @@ import pytest
 from support.backend import Script, ScriptedBackend
 
 from fledge.core.policy import load_policy
-from serving.canary.controller import Phase
+from serving.canary.state_machine import Phase
 from serving.canary.driver import RolloutDriver
 from serving.gateway.client import GatewayAdmin, GatewayAdminError
 from serving.gateway.routes import Backend

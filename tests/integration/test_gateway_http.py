@@ -84,7 +84,7 @@ def test_a_restarted_driver_restores_the_saved_split_then_rolls_back_without_dat
     limit the canary is rolled back: no data is never a pass."""
     import time
 
-    from serving.canary.controller import Phase, RolloutState
+    from serving.canary.state_machine import Phase, RolloutState
     from serving.canary.driver import RolloutDriver, save_state
 
     server, admin, state_dir = gateway
@@ -122,7 +122,7 @@ def test_the_canary_is_judged_against_its_baseline_when_it_has_one(gateway, with
     stable version, started with it, both in 30 ms (what a fresh instance under load showed).
     Against the baseline the canary is as fast as its version's peer and is promoted, the
     baseline drained; against the stable instance it would be rolled back."""
-    from serving.canary.controller import Phase
+    from serving.canary.state_machine import Phase
     from serving.canary.driver import RolloutDriver
     from serving.naming import baseline_key
 

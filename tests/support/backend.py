@@ -18,6 +18,7 @@ class Script:
     error_rate: float = 0.0  # share of requests answered 500
     delay_s: float = 0.0  # before the answer starts
     tokens: int = 4
+    token_gap_s: float = 0.002  # between streamed chunks
     seed: int = 0
     served: int = 0
     failed: int = 0
@@ -69,19 +70,25 @@ class ScriptedBackend:
                     events = [{"model": body["model"], "choices": [{"index": 0, "text": t}]} for t in text]
                     events.append({"model": body["model"], "choices": [],
                                    "usage": {"completion_tokens": len(text)}})
-                    payload = b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events) + b"data: [DONE]\n\n"
-                    self._send(200, payload, "text/event-stream")
+                    chunks = [b"data: " + json.dumps(e).encode() + b"\n\n" for e in events] + [b"data: [DONE]\n\n"]
+                    self._send(200, chunks, "text/event-stream")
                     return
                 answer = {"model": body.get("model"), "choices": [{"index": 0, "text": "".join(text)}],
                           "usage": {"completion_tokens": len(text)}}
                 self._send(200, json.dumps(answer).encode(), "application/json")
 
-            def _send(self, status: int, payload: bytes, kind: str) -> None:
+            def _send(self, status: int, payload: bytes | list[bytes], kind: str) -> None:
+                """A list is streamed chunk by chunk, a token's gap apart, as a server decodes."""
+                chunks = payload if isinstance(payload, list) else [payload]
                 self.send_response(status)
                 self.send_header("content-type", kind)
-                self.send_header("content-length", str(len(payload)))
+                self.send_header("content-length", str(sum(len(c) for c in chunks)))
                 self.end_headers()
-                self.wfile.write(payload)
+                for index, chunk in enumerate(chunks):
+                    if index:
+                        time.sleep(backend.script.token_gap_s)
+                    self.wfile.write(chunk)
+                    self.wfile.flush()
 
             def log_message(self, *args):
                 pass

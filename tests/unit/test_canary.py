@@ -9,7 +9,7 @@ from fledge.core.outcome import Check, Outcome
 from fledge.core.policy import load_policy
 from serving.canary.analysis import CanaryAnalysis, analyze
 from serving.canary.window import VersionWindow
-from serving.canary.controller import ActionKind, Phase, RolloutState, advance, decide, step_baked
+from serving.canary.state_machine import ActionKind, Phase, RolloutState, advance, decide, step_baked
 
 # bake 20 s, min 20 samples, 5 inconclusive windows at most; the steps are fixed here so the
 # table reads the same whatever the default policy's steps are.

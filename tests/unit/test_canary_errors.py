@@ -6,7 +6,7 @@ from fledge.core.outcome import Outcome
 from fledge.core.policy import load_policy
 from fledge.devtools.rollout_simulation import simulate_rollout
 from serving.canary.analysis import analyze
-from serving.canary.controller import ActionKind, Phase, RolloutState, advance, decide
+from serving.canary.state_machine import ActionKind, Phase, RolloutState, advance, decide
 from serving.canary.watch import judge_watch
 from serving.canary.window import VersionWindow
 from serving.gateway.metrics import Observation

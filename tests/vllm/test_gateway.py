@@ -18,7 +18,7 @@ from fledge.services.evaluate import server_config
 from fledge.core.home import FledgeHome
 from fledge.core.policy import load_policy
 from fledge.devtools.zoo import corpus
-from serving.canary.controller import Phase
+from serving.canary.state_machine import Phase
 from serving.canary.driver import RolloutDriver
 from serving.gateway.client import GatewayAdmin
 from serving.gateway.routes import Backend

@@ -1,8 +1,8 @@
-"""The rollout controller: an explicit state machine whose decisions are pure.
+"""The canary rollout as an explicit state machine whose decisions are pure.
 
 `decide(state, analysis, policy, now, command)` returns the next action; `advance(state,
 action, now)` returns the state after it was applied. Neither does I/O: the driver applies
-actions to the gateway and saves the state, so a restarted controller resumes from it.
+actions to the gateway and saves the state, so a restarted driver resumes from it.
 
 `now` is the driver's monotonic clock (it never steps); which observations belong to a step
 is decided by the gateway's sequence numbers (`step_started_seq`), never by time.
@@ -80,6 +80,16 @@ class RolloutState(BaseModel):
 
 
 Command = Literal["abort", "promote"]
+
+
+def resumed_after_pause(state: RolloutState, now: float, sequence: int, paused_s: float) -> RolloutState:
+    """An operator paused the rollout and resumed it: the step bakes again from now, on a new
+    window, so neither the pause's observations nor its length count towards the bake or the
+    progress deadline (Argo Rollouts' pause holds the step the same way)."""
+    entry = HistoryEntry(at=now, action=ActionKind.WAIT, canary_weight=state.canary_weight,
+                         reason=f"resumed after a pause of {paused_s:.0f} s: the {state.canary_weight} % step bakes again")
+    return state.model_copy(update={"step_started_at": now, "step_started_seq": sequence, "inconclusive_windows": 0,
+                                    "history": state.history + [entry]})
 
 
 def step_baked(state: RolloutState, policy: CanaryPolicy, now: float) -> bool:

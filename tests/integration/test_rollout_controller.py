@@ -1,0 +1,253 @@
+"""The rollout controller of the serving plane (fledge.services.controller) over real HTTP on
+loopback, with a real MLflow registry and scripted backends (tests/support/backend.py) for the
+versions: a rollout submitted through the admin API ends by itself, with the registry aliases
+moved by the controller, whether anyone waits for it or not; a failing canary or a breach in
+the watch puts traffic and aliases back; a restarted controller resumes from the record;
+operators pause, resume and abort whoever holds the lease; a second rollout is refused."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import httpx
+import pytest
+from support.backend import Script, ScriptedBackend
+
+from fledge.core.home import FledgeHome
+from fledge.core.policy import load_policy
+from fledge.services.controller import RolloutController, RolloutEnd, RolloutSpec
+from registry.refs import CHALLENGER, CHAMPION, PREVIOUS
+from serving.fleet import Fleet
+from serving.gateway.client import GatewayAdmin, GatewayAdminError
+from serving.gateway.routes import Backend
+from serving.gateway.server import BackgroundGateway, admin_token, build_gateway
+from serving.launcher import LocalLauncher
+
+POLICY = load_policy()
+CANARY = POLICY.canary.model_copy(update={
+    "steps": [50, 100], "bake_seconds": 1.5, "analysis_interval_seconds": 0.25, "min_samples": 10,
+    "max_inconclusive_windows": 10, "progress_deadline_seconds": 15.0, "baseline_instance": False})
+WATCH = POLICY.watch.model_copy(update={"window_seconds": 2.0, "min_samples": 10})
+
+
+class Plane:
+    """A gateway with its controller (as `run_plane` builds them), two scripted versions and
+    users sending streamed and plain requests (~25 a second)."""
+
+    def __init__(self, home: FledgeHome, registry, model: str, first, second, canary_script: Script):
+        self.home, self.registry, self.model, self.first, self.second = home, registry, model, first, second
+        self.stable = ScriptedBackend("stable").__enter__()
+        self.canary = ScriptedBackend("canary", canary_script).__enter__()
+        self.controller_token = "controller-token-for-the-test"
+        self.gateway = self._gateway()
+        self.admin = GatewayAdmin(self.gateway.url, admin_token(home.state))
+        self.admin.add_backend(model, Backend(version=first.ref, base_url=self.stable.base_url))
+        self.controller = self.start_controller()
+        self.failed: list[int] = []
+        self._done = threading.Event()
+        self._users = threading.Thread(target=self._send, daemon=True)
+        self._users.start()
+
+    def _gateway(self) -> BackgroundGateway:
+        limits = POLICY.serving.gateway.model_copy(update={"eject_after_failures": 1000})  # the analysis decides here
+        return BackgroundGateway(build_gateway(self.home.state, limits, controller_token=self.controller_token)).start()
+
+    def start_controller(self) -> RolloutController:
+        fleet = Fleet(self.home.state, LocalLauncher(self.home.logs))
+        controller = RolloutController(self.home, self.registry, GatewayAdmin(self.gateway.url, self.controller_token),
+                                       fleet)
+        self.gateway.gateway.rollouts = controller
+        controller.resume_all()
+        return controller
+
+    def _send(self) -> None:
+        with httpx.Client(timeout=10) as client:
+            count = 0
+            while not self._done.is_set():
+                count += 1
+                answer = client.post(f"{self.gateway.url}/v1/completions",
+                                     json={"model": self.model, "prompt": "hi", "stream": count % 2 == 0})
+                if answer.status_code != 200:
+                    self.failed.append(answer.status_code)
+                time.sleep(0.04)
+
+    def spec(self, release_id: str = "release-run-1", canary: object = CANARY) -> dict:
+        aliases = {k: v for k, v in self.registry.aliases(self.model).items() if k in (CHAMPION, CHALLENGER, PREVIOUS)}
+        return RolloutSpec(release_id=release_id, model=self.model, stable=self.first.ref, canary=self.second.ref,
+                           canary_url=self.canary.base_url, canary_policy=canary, watch_policy=WATCH,
+                           aliases_before=aliases, routes_before=self.admin.routes().model_dump(mode="json"),
+                           submitted_by="a test release").model_dump(mode="json")
+
+    def traffic(self) -> dict[str, int]:
+        return {key: backend.weight for key, backend in self.admin.routes().backends.items()}
+
+    def wait_for(self, condition, timeout_s: float = 30.0):
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            found = condition()
+            if found:
+                return found
+            time.sleep(0.1)
+        raise AssertionError(f"not within {timeout_s} s: {self.admin.rollout(self.model)}")
+
+    def close(self) -> None:
+        self._done.set()
+        self._users.join()
+        self.controller.stop()
+        self.gateway.stop()
+        self.stable.close()
+        self.canary.close()
+
+
+@pytest.fixture()
+def plane_with(registry, tiny_checkpoint, model_name, tmp_path):
+    planes = []
+
+    def start(canary_script: Script | None = None) -> Plane:
+        first = registry.register(tiny_checkpoint, model_name, alias=CHAMPION)
+        second = registry.register(tiny_checkpoint, model_name, alias=CHALLENGER)
+        plane = Plane(FledgeHome(tmp_path / "home").ensure(), registry, model_name, first, second,
+                      canary_script or Script())
+        planes.append(plane)
+        return plane
+
+    yield start
+    for plane in planes:
+        plane.close()
+
+
+def test_a_submitted_rollout_ends_by_itself_and_the_controller_moves_the_aliases(plane_with):
+    plane = plane_with()
+    submitted = plane.admin.submit_rollout(plane.spec())
+    assert submitted["end"] is None and "owned by the rollout controller" in submitted["description"]
+    # Nobody waits for it: the controller alone steps, promotes, moves the aliases and watches.
+    ended = plane.controller.wait(plane.model, timeout_s=60)
+    assert ended.end is RolloutEnd.PROMOTED, ended.reason
+    assert plane.registry.aliases(plane.model) == {CHAMPION: plane.second.version, PREVIOUS: plane.first.version}
+    assert plane.traffic() == {plane.second.ref: 100}  # the previous champion retired after the watch
+    assert ended.watch is not None and ended.watch.outcome.value == "pass"
+    assert [entry.canary_weight for entry in ended.canary.history if entry.action.value != "wait"] == [50, 100]
+    assert plane.failed == []
+
+
+def test_a_failing_canary_is_rolled_back_and_the_aliases_never_move(plane_with):
+    plane = plane_with(Script(error_rate=0.5, seed=1))
+    aliases = plane.registry.aliases(plane.model)
+    plane.admin.submit_rollout(plane.spec())
+    ended = plane.controller.wait(plane.model, timeout_s=60)
+    assert (ended.end, ended.ended_in.value) == (RolloutEnd.ROLLED_BACK, "canary")
+    assert "canary errors" in ended.reason
+    assert plane.registry.aliases(plane.model) == aliases
+    assert plane.traffic() == {plane.first.ref: 100}  # as before the rollout: the canary's backend is gone
+    assert plane.failed == []  # the canary's failures were retried on stable
+
+
+def test_a_breach_in_the_watch_puts_the_traffic_and_the_aliases_back(plane_with):
+    plane = plane_with()
+    aliases = plane.registry.aliases(plane.model)
+    plane.admin.submit_rollout(plane.spec())
+    plane.wait_for(lambda: plane.admin.rollout(plane.model)["stage"] == "watch")
+    assert plane.registry.aliases(plane.model)[CHAMPION] == plane.second.version
+    plane.canary.script.error_rate = 1.0  # the new champion starts failing once it has all the traffic
+    ended = plane.controller.wait(plane.model, timeout_s=30)
+    assert (ended.end, ended.ended_in.value) == (RolloutEnd.ROLLED_BACK, "watch"), ended.reason
+    assert ended.reason.startswith("post-promotion watch: error rate")
+    assert plane.registry.aliases(plane.model) == aliases
+    assert plane.traffic() == {plane.first.ref: 100}
+
+
+def test_a_restarted_controller_resumes_the_rollout_from_its_record(plane_with):
+    plane = plane_with()
+    plane.admin.submit_rollout(plane.spec())
+    plane.wait_for(lambda: plane.traffic().get(plane.second.ref) == 50)
+    plane.controller.stop()  # the plane's process went away: the split and the record stay
+    assert plane.admin.rollout(plane.model)["end"] is None
+    time.sleep(1.0)
+    assert plane.traffic() == {plane.first.ref: 50, plane.second.ref: 50}
+    plane.controller = plane.start_controller()  # the next plane resumes every rollout on record
+    ended = plane.controller.wait(plane.model, timeout_s=60)
+    assert ended.end is RolloutEnd.PROMOTED, ended.reason
+    assert plane.registry.aliases(plane.model)[CHAMPION] == plane.second.version
+
+
+def test_operators_pause_resume_and_abort_whoever_holds_the_lease(plane_with):
+    plane = plane_with()
+    lease = plane.admin.acquire_lease(plane.model, "a release", "release", ttl_s=120)
+    plane.admin.fenced(lease).submit_rollout(plane.spec(canary=CANARY.model_copy(update={"bake_seconds": 3.0})))
+    plane.wait_for(lambda: plane.traffic().get(plane.second.ref) == 50)
+    operator = plane.admin  # not the lease's holder
+    paused = operator.command_rollout(plane.model, "pause", "oncall")
+    assert "paused by oncall" in paused["description"]
+    time.sleep(4.0)  # longer than the bake: nothing is decided while paused
+    assert plane.traffic()[plane.second.ref] == 50
+    operator.command_rollout(plane.model, "resume", "oncall")
+
+    def resumed():
+        history = (plane.admin.rollout(plane.model)["canary"] or {}).get("history", [])
+        return [entry["reason"] for entry in history if entry["reason"].startswith("resumed after a pause")]
+
+    assert "the 50 % step bakes again" in plane.wait_for(resumed)[0]
+    operator.command_rollout(plane.model, "abort", "oncall")
+    ended = plane.controller.wait(plane.model, timeout_s=30)
+    assert (ended.end, ended.reason) == (RolloutEnd.ABORTED, "aborted by oncall during the canary")
+    assert plane.traffic() == {plane.first.ref: 100}
+    assert plane.registry.aliases(plane.model)[CHAMPION] == plane.first.version
+
+
+def test_a_second_rollout_of_the_model_is_refused_and_the_same_release_gets_its_own_back(plane_with):
+    plane = plane_with()
+    first = plane.admin.submit_rollout(plane.spec())
+    again = plane.admin.submit_rollout(plane.spec())  # a re-run of the same release
+    assert again["id"] == first["id"]
+    with pytest.raises(GatewayAdminError, match="A rollout of .* is in progress .*fledge rollout abort"):
+        plane.admin.submit_rollout(plane.spec(release_id="another-release"))
+    plane.admin.command_rollout(plane.model, "abort", "the test")
+    plane.controller.wait(plane.model, timeout_s=30)
+    with pytest.raises(GatewayAdminError, match="has already ended"):
+        plane.admin.command_rollout(plane.model, "pause", "the test")
+
+
+def test_a_rollback_during_a_release_aborts_its_rollout_and_the_release_never_undoes_it(
+        plane_with, monkeypatch, prefect_server):
+    """The release waits for its rollout under its lease; an operator's rollback takes the lease
+    (preempting it) and aborts the rollout: the controller puts traffic and aliases back, and
+    the waiting release learns that it lost the model instead of putting anything back itself."""
+    import os
+
+    from prefect import flow
+
+    from fledge.core.state import write_json
+    from fledge.services.plane import connect_plane
+    from tasks import serving_steps
+
+    plane = plane_with()
+    aliases = plane.registry.aliases(plane.model)
+    monkeypatch.setenv("FLEDGE_HOME", str(plane.home.root))
+    write_json(plane.home.files.plane, {"url": plane.gateway.url, "model": plane.model, "pid": os.getpid()})
+    learned = {}
+
+    @flow
+    def release_waiting_for_its_rollout():
+        with serving_steps.model_lease(plane.model, "release", f"release of {plane.second.ref}"):
+            submitted = connect_plane(plane.home, plane.model).admin.submit_rollout(plane.spec())
+            try:
+                serving_steps.await_rollout(plane.model, submitted["id"], 0.25, 60)
+            except serving_steps.RolloutLost as error:
+                learned["lost"] = str(error)
+
+    release = threading.Thread(target=release_waiting_for_its_rollout)
+    release.start()
+    plane.wait_for(lambda: plane.traffic().get(plane.second.ref) == 50)
+
+    @flow
+    def emergency_rollback():
+        with serving_steps.model_lease(plane.model, "rollback", "rollback by oncall", preempt=True):
+            return serving_steps.abort_rollout(plane.model, "the rollback asked by oncall")
+
+    ended = emergency_rollback()
+    release.join(timeout=60)
+    assert (ended.end, ended.reason) == (RolloutEnd.ABORTED, "aborted by the rollback asked by oncall during the canary")
+    assert "the release's lease is gone" in learned["lost"] and "preempted by rollback by oncall" in learned["lost"]
+    assert plane.traffic() == {plane.first.ref: 100}
+    assert plane.registry.aliases(plane.model) == aliases
