@@ -339,37 +339,18 @@ def killed_awaiting_approval(stack: Stack) -> Trial:
     return stack.check(trial)
 
 
-def killed_at_canary_step(stack: Stack) -> Trial:
-    trial = Trial("release killed at the 50 % step")
+def killed_during_rollout(stack: Stack, fault: str, reached: Callable[[], bool], what: str) -> Trial:
+    """The release killed once its rollout `reached` a point: the controller must end the
+    rollout alone; the re-run then only finishes the records."""
+    trial = Trial(fault)
     process, _ = stack.release()
-    stack.wait_for(lambda: stack.canary_at(50), 900, "the 50 % step")
+    stack.wait_for(reached, 900, what)
     since = time.monotonic()
     kill(process)
     ended = stack.wait_for(lambda: (r := stack.rollout()) and r["end"] and r, 300, "the controller to end it")
-    trial.note = f"controller: {ended['end']} with no release process"
-    return _finish_release(stack, trial, since)
-
-
-def killed_at_promotion(stack: Stack) -> Trial:
-    trial = Trial("release killed at the promotion")
-    process, _ = stack.release()
-    stack.wait_for(lambda: stack.canary_at(100), 900, "the promotion")
-    since = time.monotonic()
-    kill(process)
-    ended = stack.wait_for(lambda: (r := stack.rollout()) and r["end"] and r, 300, "the controller to end it")
-    trial.note = f"controller: {ended['end']}"
-    return _finish_release(stack, trial, since)
-
-
-def killed_in_watch(stack: Stack) -> Trial:
-    trial = Trial("release killed in the watch")
-    process, _ = stack.release()
-    stack.wait_for(lambda: (stack.rollout() or {}).get("stage") == "watch", 900, "the watch")
-    since = time.monotonic()
-    kill(process)
-    ended = stack.wait_for(lambda: (r := stack.rollout()) and r["end"] and r, 300, "the controller to end it")
-    trial.note = f"controller: {ended['end']}"
-    return _finish_release(stack, trial, since)
+    finished = _finish_release(stack, trial, since)
+    finished.note = f"controller: {ended['end']} with no release process; {finished.note}"
+    return finished
 
 
 def plane_restarted(stack: Stack) -> Trial:
@@ -514,9 +495,12 @@ def flood(stack: Stack) -> Trial:
 FAULTS: dict[str, Callable[[Stack], Trial]] = {
     "killed-evaluating": killed_while_evaluating,
     "killed-approval": killed_awaiting_approval,
-    "killed-canary": killed_at_canary_step,
-    "killed-promotion": killed_at_promotion,
-    "killed-watch": killed_in_watch,
+    "killed-canary": lambda stack: killed_during_rollout(
+        stack, "release killed at the 50 % step", lambda: stack.canary_at(50), "the 50 % step"),
+    "killed-promotion": lambda stack: killed_during_rollout(
+        stack, "release killed at the promotion", lambda: stack.canary_at(100), "the promotion"),
+    "killed-watch": lambda stack: killed_during_rollout(
+        stack, "release killed in the watch", lambda: (stack.rollout() or {}).get("stage") == "watch", "the watch"),
     "plane-restarted": plane_restarted,
     "canary-vllm-killed": canary_vllm_killed,
     "mlflow-locked": mlflow_locked,
