@@ -304,14 +304,19 @@ class Stack:
 
 # ---- the faults ----------------------------------------------------------------------------------
 
+def _judge(stack: Stack, trial: Trial, since: float) -> Trial:
+    """Once no rollout runs: the users' failures since the fault, and the end state."""
+    stack.wait_for(lambda: (stack.rollout() or {"end": "none"})["end"] is not None, 300, "the rollout to end")
+    trial.failed_plain, trial.failed_streamed = stack.users.failed(since)
+    return stack.check(trial)
+
+
 def _finish_release(stack: Stack, trial: Trial, since: float) -> Trial:
     """Run the release again (it continues the killed one) and judge the end."""
     process, log = stack.release()
     code = process.wait(timeout=900)
     trial.note = f"re-run exit {code}"
-    stack.wait_for(lambda: (stack.rollout() or {"end": "none"})["end"] is not None, 300, "the rollout to end")
-    trial.failed_plain, trial.failed_streamed = stack.users.failed(since)
-    return stack.check(trial)
+    return _judge(stack, trial, since)
 
 
 def killed_while_evaluating(stack: Stack) -> Trial:
@@ -397,9 +402,7 @@ def mlflow_locked(stack: Stack) -> Trial:
     lock.close()
     code = process.wait(timeout=900)
     trial.note = f"release exit {code}"
-    stack.wait_for(lambda: (stack.rollout() or {"end": "none"})["end"] is not None, 300, "the rollout to end")
-    trial.failed_plain, trial.failed_streamed = stack.users.failed(since)
-    return stack.check(trial)
+    return _judge(stack, trial, since)
 
 
 def rollback_mid_canary(stack: Stack) -> Trial:
