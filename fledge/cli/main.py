@@ -325,27 +325,29 @@ def _wait_for_ctrl_c(handles) -> None:
 @app.command()
 @friendly
 def gateway(
-    name: str = typer.Argument(..., help="Registered model whose champion the gateway serves as stable."),
+    names: list[str] = typer.Argument(..., help="Registered models whose champions the gateway serves as stable."),
     port: int = typer.Option(8080, "--port", help="Gateway port."),
     host: str = typer.Option("127.0.0.1", "--host"),
     policy_file: Optional[Path] = typer.Option(None, "--policy", help="Release policy YAML (serving settings)."),
 ) -> None:
-    """Run the serving plane of NAME until Ctrl-C: the OpenAI-compatible gateway with
-    NAME@champion behind it. Clients use model name NAME; releases (`fledge release`) add their
-    canaries behind it. The vLLM servers outlive it: a gateway started again re-attaches to the
-    ones still serving (same port: same URL for clients); `fledge fleet stop` stops them.
+    """Run the serving plane of one or more models until Ctrl-C: the OpenAI-compatible gateway
+    with NAME@champion behind it for each NAME. Clients use model name NAME; releases (`fledge
+    release NAME`) add their canaries behind it, one rollout per model at a time, and the
+    plane's controller runs them. The vLLM servers outlive it: a gateway started again
+    re-attaches to the ones still serving (same port: same URL for clients); `fledge fleet
+    stop` stops them.
 
     The admin token is in FLEDGE_HOME/state/gateway-admin-token (or FLEDGE_GATEWAY_ADMIN_TOKEN).
 
-    Example: `fledge gateway tiny-llama --port 8080`
+    Example: `fledge gateway tiny-llama support-bot --port 8080`
     """
     from fledge.services.plane import run_plane
     from fledge.core.policy import load_policy
 
     home = FledgeHome.from_env().ensure()
-    with run_plane(home, name, load_policy(policy_file).serving, open_registry(home), host=host, port=port,
+    with run_plane(home, names, load_policy(policy_file).serving, open_registry(home), host=host, port=port,
                    log=lambda line: console.print(line, highlight=False)) as plane:
-        console.print(f"Gateway for [bold]{name}[/] at [bold]{plane.url}/v1[/]. Ctrl-C stops the gateway; the "
+        console.print(f"Gateway for [bold]{', '.join(names)}[/] at [bold]{plane.url}/v1[/]. Ctrl-C stops the gateway; the "
                       "servers behind it keep serving (`fledge fleet stop` stops them).", highlight=False)
         signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
         try:
@@ -386,33 +388,38 @@ def traffic(
 
 @app.command()
 @friendly
-def routes(url: Optional[str] = typer.Option(None, "--url", help="Gateway URL (default: the one `fledge gateway` recorded).")) -> None:
-    """Show the gateway's split and live per-version figures (last 60 s).
+def routes(
+    name: Optional[str] = typer.Argument(None, help="Only this model (default: every model the gateway serves)."),
+    url: Optional[str] = typer.Option(None, "--url", help="Gateway URL (default: the one `fledge gateway` recorded)."),
+) -> None:
+    """Show each model's split and live per-version figures (last 60 s).
 
     Example: `fledge routes`
     """
     from fledge.services.plane import connect_plane
     from fledge.services.rollout import live_figures
 
-    admin = connect_plane(FledgeHome.from_env().ensure(), url=url).admin
-    table = admin.routes()
-    if table is None:
-        console.print("The gateway has no routes yet.")
+    admin = connect_plane(FledgeHome.from_env().ensure(), name, url=url).admin
+    tables = {k: t for k, t in admin.tables().items() if name in (None, k)}
+    if not tables:
+        console.print(f"The gateway has no routes{' for ' + name if name else ''} yet.")
         return
     figures, in_flight = live_figures(admin), admin.in_flight()
-    out = Table(title=f"{table.model} via {admin.url}")
-    for column in ("version", "role", "weight", "draining", "in flight", "req/60s", "errors", "TTFT p50", "TPOT p50"):
-        out.add_column(column, no_wrap=True)
+
     def ms(value: float | None) -> str:
         return "-" if value is None else f"{value:.1f} ms"
 
-    for backend in table.backends.values():
-        f = figures.get(backend.version)
-        out.add_row(backend.version, backend.role, f"{backend.weight} %", "yes" if backend.draining else "no",
-                    str(in_flight.get(backend.version, 0)), str(f.requests if f else 0),
-                    f"{f.error_rate:.1%}" if f else "-", ms(f.ms("ttft_s", 50) if f else None),
-                    ms(f.ms("per_token_latency_s", 50) if f else None))
-    console.print(out)
+    for table in tables.values():
+        out = Table(title=f"{table.model} via {admin.url}")
+        for column in ("version", "role", "weight", "draining", "in flight", "req/60s", "errors", "TTFT p50", "TPOT p50"):
+            out.add_column(column, no_wrap=True)
+        for backend in table.backends.values():
+            f = figures.get(backend.version)
+            out.add_row(backend.version, backend.role, f"{backend.weight} %", "yes" if backend.draining else "no",
+                        str(in_flight.get(backend.version, 0)), str(f.requests if f else 0),
+                        f"{f.error_rate:.1%}" if f else "-", ms(f.ms("ttft_s", 50) if f else None),
+                        ms(f.ms("per_token_latency_s", 50) if f else None))
+        console.print(out)
 
 
 @app.command()
@@ -437,11 +444,12 @@ def canary(
 
     home = FledgeHome.from_env().ensure()
     policy = load_policy(policy_file)
-    admin = connect_plane(home, url=url).admin
+    model = ref.rsplit("/", 1)[0]
+    admin = connect_plane(home, model, url=url).admin
     table = admin.routes()
     stable = table.stable() if table else None
     if stable is None:
-        raise UsageError("The gateway has no stable version; start it with `fledge gateway NAME`.")
+        raise UsageError(f"The gateway has no stable version of {model}; start it with `fledge gateway {model}`.")
     version, handle = _serve_version(open_registry(home), home, ref, "1")
     state_path = home.files.rollout(table.model)
     try:

@@ -129,6 +129,12 @@ def rollout_in_progress(home: FledgeHome, model: str) -> bool:
     return saved is not None and saved.get("end") is None
 
 
+def models_with_rollouts(home: FledgeHome) -> list[str]:
+    """The models whose rollout on record has not ended."""
+    saved = (read_json(path) for path in home.files.managed_rollouts())
+    return [s["spec"]["model"] for s in saved if s is not None and s.get("end") is None]
+
+
 class _PlaneStopping(Exception):
     """The plane is shutting down: the rollout stays where it is and resumes at the next start."""
 
@@ -148,6 +154,14 @@ class RolloutController:
         self._sleep = sleep or self._stopping.wait  # a stop wakes every sleeping rollout at once
         self._lock = threading.RLock()
         self._threads: dict[str, threading.Thread] = {}
+        self._admins: dict[str, GatewayAdmin] = {}
+
+    def _gateway(self, model: str) -> GatewayAdmin:
+        """The admin client addressing `model`'s route table (the plane serves several models)."""
+        with self._lock:
+            if model not in self._admins:
+                self._admins[model] = self.admin.for_model(model)
+            return self._admins[model]
 
     # ---- the admin API's side (serving.gateway.app.RolloutService): JSON in, JSON out ----------
 
@@ -270,8 +284,9 @@ class RolloutController:
 
     def _canary(self, rollout: ManagedRollout) -> None:
         spec = rollout.spec
+        gateway = self._gateway(spec.model)
         state = canary_rollout.run_canary(
-            self.admin, self.home.files.rollout(spec.model), spec.canary_policy, spec.model, spec.stable, spec.canary,
+            gateway, self.home.files.rollout(spec.model), spec.canary_policy, spec.model, spec.stable, spec.canary,
             spec.canary_url, spec.baseline_url, log=self.log, control=self._control(spec.model))
         self._update(spec.model, lambda r: setattr(r, "canary", state))
         if state.phase is Phase.PROMOTED:
@@ -289,14 +304,15 @@ class RolloutController:
         the baseline instance retires, and the aliases move (champion -> canary, previous ->
         the old champion). Each part is idempotent: a controller restarted half-way redoes it."""
         spec = rollout.spec
+        gateway = self._gateway(spec.model)
         state = rollout.canary or load_state(self.home.files.rollout(spec.model))
         if rollout.previous is None and state is not None:
-            observations = self._retrying(lambda: self.admin.observations(after=state.started_seq), spec, "read the gateway")
+            observations = self._retrying(lambda: gateway.observations(after=state.started_seq), spec, "read the gateway")
             previous = VersionWindow.from_observations(spec.stable, observations,
                                                        route_keys={spec.stable, baseline_key(spec.stable)})
             self._update(spec.model, lambda r: setattr(r, "previous", previous))
         # The champion's baseline instance (or its staging copy): of no use once it is not the champion.
-        self._retrying(lambda: retire_instance(self.admin, self.fleet, baseline_key(spec.stable), log=self.log), spec,
+        self._retrying(lambda: retire_instance(gateway, self.fleet, baseline_key(spec.stable), log=self.log), spec,
                        "retire the baseline instance")
         new_version, old_version = spec.canary.rsplit("/", 1)[1], spec.stable.rsplit("/", 1)[1]
         self._retrying(lambda: promote_aliases(self.registry, spec.model, new_version, old_version), spec,
@@ -308,7 +324,8 @@ class RolloutController:
         """The new champion over the policy's window, the previous one kept warm at 0 %. A
         restarted controller watches a whole window again."""
         spec, policy = rollout.spec, rollout.spec.watch_policy
-        after = self._retrying(self.admin.sequence, spec, "read the gateway")
+        gateway = self._gateway(spec.model)
+        after = self._retrying(gateway.sequence, spec, "read the gateway")
         end = self.clock() + policy.window_seconds
         self.log(f"Watching {spec.canary} for {policy.window_seconds:g} s with {spec.stable} kept warm")
         while True:
@@ -319,7 +336,7 @@ class RolloutController:
                 self._put_back(current, RolloutEnd.ABORTED, f"aborted by {current.abort_requested_by} during the watch")
                 return
             closed = self.clock() >= end
-            observations = self._retrying(lambda: self.admin.observations(after=after), spec, "read the gateway")
+            observations = self._retrying(lambda: gateway.observations(after=after), spec, "read the gateway")
             figures = VersionWindow.from_observations(spec.canary, observations)
             result = judge_watch(figures, current.previous, policy, window_closed=closed)
             if result.outcome is Outcome.FAIL or (closed and result.outcome is not Outcome.PASS):
@@ -331,7 +348,7 @@ class RolloutController:
             self._sleep(spec.canary_policy.analysis_interval_seconds)
         self._update(spec.model, lambda r: setattr(r, "watch", result))
         self.log(f"Watch passed: {figures.requests} requests, TTFT p95 {figures.ms('ttft_s', 95) or 0:.0f} ms")
-        self._retrying(lambda: retire_instance(self.admin, self.fleet, spec.stable, log=self.log), spec,
+        self._retrying(lambda: retire_instance(gateway, self.fleet, spec.stable, log=self.log), spec,
                        "retire the previous champion's instance")
         self._end(spec.model, RolloutEnd.PROMOTED, f"{spec.canary} is the champion; {spec.stable} is previous")
 
@@ -340,13 +357,14 @@ class RolloutController:
     def _put_back(self, rollout: ManagedRollout, end: RolloutEnd, reason: str) -> None:
         """Traffic first (users), then the aliases, then the candidate's instance goes."""
         spec = rollout.spec
+        gateway = self._gateway(spec.model)
         self._retrying(lambda: self._traffic_back(spec), spec, "put the traffic back")
         if rollout.stage is not Stage.CANARY:  # the aliases may have moved
             changes = self._retrying(lambda: restore_aliases(self.registry, spec.model, spec.aliases_before),
                                      spec, "put the registry aliases back")
             if changes:
                 self.log("Registry put back: " + "; ".join(changes))
-        self._retrying(lambda: retire_instance(self.admin, self.fleet, spec.canary, drain_seconds=10, log=self.log),
+        self._retrying(lambda: retire_instance(gateway, self.fleet, spec.canary, drain_seconds=10, log=self.log),
                        spec, "retire the candidate's instance")
         self._end(spec.model, end, reason)
 
@@ -354,14 +372,15 @@ class RolloutController:
         """The split from before the rollout, on the backends that are still registered; where
         the gateway refuses it (a backend fails its health check) the previous champion alone,
         as the last stable that answers."""
-        table = self.admin.routes()
+        gateway = self._gateway(spec.model)
+        table = gateway.routes()
         if table is None:
             return
         if spec.routes_before is not None:
             snapshot = RouteTable.model_validate(spec.routes_before)
             live = {key: table.backends[key].base_url for key in snapshot.backends if key in table.backends}
             try:
-                restored = self.admin.put_routes(snapshot.restored_on(live))
+                restored = gateway.put_routes(snapshot.restored_on(live))
                 self.log("Traffic put back as before the rollout: "
                          + ", ".join(f"{b.version} {b.weight} %" for b in restored.backends.values()))
                 return
@@ -370,7 +389,7 @@ class RolloutController:
                     raise
                 self.log(f"The split from before the rollout cannot be restored ({error}); {spec.stable} takes it all")
         if spec.stable in table.backends:
-            self.admin.put_routes(table.all_to(spec.stable))
+            gateway.put_routes(table.all_to(spec.stable))
 
     def _end(self, model: str, end: RolloutEnd, reason: str) -> None:
         def finish(rollout: ManagedRollout) -> None:

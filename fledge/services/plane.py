@@ -1,7 +1,7 @@
-"""The serving plane of one model: the gateway that takes its traffic and the vLLM instances
-behind it. It outlives any release: `fledge gateway NAME` (or the demo) runs it, and every
-other process reaches it through `connect_plane`, which reads what the plane recorded in
-FLEDGE_HOME/state.
+"""The serving plane of a team's models: the gateway that takes their traffic (a route table
+per public model name) and the vLLM instances behind it. It outlives any release: `fledge
+gateway NAME [NAME ...]` (or the demo) runs it, and every other process reaches it through
+`connect_plane`, which reads what the plane recorded in FLEDGE_HOME/state.
 
 The instances belong to their fleet records (serving.fleet), whose leases the plane keeps: a
 promoted candidate keeps serving after the release run ends, a release run killed half-way
@@ -19,13 +19,13 @@ import secrets
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 from fledge.core.errors import FledgeError
 from fledge.core.home import FledgeHome
 from fledge.core.policy import ServingPolicy
 from fledge.core.state import read_json, write_json
-from fledge.services.controller import RolloutController, rollout_in_progress
+from fledge.services.controller import RolloutController, models_with_rollouts, rollout_in_progress
 from fledge.services.evaluate import server_config
 from fledge.services.leases import held_lease
 from registry.adapters import adapter_rank
@@ -34,7 +34,7 @@ from registry.store import ModelRegistry, VersionInfo
 from serving.engine import supported_architectures
 from serving.fleet import Fleet, InstanceRecord
 from serving.gateway.client import GatewayAdmin
-from serving.gateway.routes import Backend, RouteChangeRefused, RouteTable, load_routes, save_routes
+from serving.gateway.routes import Backend, RouteBook, RouteChangeRefused, RouteTable, load_routes, save_routes
 from serving.gateway.server import BackgroundGateway, admin_token, build_gateway
 from serving.launcher import LocalLauncher
 from serving.naming import instance_key
@@ -55,11 +55,16 @@ def _pid_alive(pid: int) -> bool:
 
 
 def read_plane_record(home: FledgeHome) -> dict | None:
-    """Where the running plane listens and its pid; None when no plane of this home runs."""
+    """Where the running plane listens, the models it serves and its pid; None when no plane
+    of this home runs."""
     record = read_json(home.files.plane)
     if record is None or ("pid" in record and not _pid_alive(record["pid"])):
         return None
     return record
+
+
+def plane_models(record: dict) -> list[str]:
+    return list(record.get("models", []))
 
 
 def fleet_for(home: FledgeHome) -> Fleet:
@@ -146,22 +151,28 @@ class ServingPlane:
         return self.admin.url
 
     def routes(self) -> RouteTable | None:
+        """The table of the model this plane handle is for (the plane's only one, if unnamed)."""
         return self.admin.routes()
+
+    def for_model(self, model: str) -> "ServingPlane":
+        return ServingPlane(self.home, self.admin.for_model(model), self.fleet, self.controller)
 
 
 def connect_plane(home: FledgeHome, model: str | None = None, url: str | None = None) -> ServingPlane:
     """The running plane of this home (or the gateway at `url`), checked to answer; with
     `model`, checked to serve that model."""
-    fix = (f"Start it with `fledge gateway {model or 'NAME'}` (it serves {model or 'NAME'}@champion behind the gateway) "
-           "and keep it running while releases go through.")
+    fix = (f"Start it with `fledge gateway {model or 'NAME'}` (it serves {model or 'NAME'}@champion behind the gateway; "
+           "name every model the team serves) and keep it running while releases go through.")
     if url is None:
         record = read_plane_record(home)
         if record is None:
             raise PlaneNotRunning(f"No gateway is running for this Fledge home ({home.root}). {fix}")
-        if model is not None and record.get("model") not in (None, model):
-            raise PlaneNotRunning(f"The running gateway ({record['url']}) serves {record['model']}, not {model}. {fix}")
+        served = plane_models(record)
+        if model is not None and served and model not in served:
+            raise PlaneNotRunning(f"The running gateway ({record['url']}) serves {', '.join(served)}, not {model}. "
+                                  f"Restart it naming every model: `fledge gateway {' '.join([*served, model])}`.")
         url = record["url"]
-    admin = GatewayAdmin(url, admin_token(home.state))
+    admin = GatewayAdmin(url, admin_token(home.state), model=model)
     try:
         admin.routes()
     except Exception as error:
@@ -172,36 +183,53 @@ def connect_plane(home: FledgeHome, model: str | None = None, url: str | None = 
     return ServingPlane(home, admin, fleet_for(home))
 
 
+def _champion_table(registry: ModelRegistry, home: FledgeHome, serving: ServingPolicy, fleet: Fleet, model: str,
+                    saved: RouteTable | None, log: Callable[[str], None]) -> RouteTable:
+    """MODEL@champion served, and the table the gateway starts with for MODEL: the saved one
+    where it leads to live instances and puts the champion first, or a rollout on record owns
+    it (between its promotion and the alias move the stable backend is the canary, not yet the
+    champion); else the champion at 100 %."""
+    champion, started = serve_version(registry, home, serving, f"{model}@{CHAMPION}", fleet)
+    if started:
+        log(f"Serving {model}@{CHAMPION} ({champion.served_model_name}): started at {champion.base_url}")
+    live = reconcile_routes(saved, fleet.records())
+    stable = live.stable() if live else None
+    if live is not None and (rollout_in_progress(home, model) or (stable is not None and (
+            stable.version, stable.base_url) == (champion.served_model_name, champion.base_url))):
+        return live
+    return RouteTable.serving_only(model, Backend(version=champion.served_model_name, base_url=champion.base_url))
+
+
 @contextmanager
 def run_plane(
-    home: FledgeHome, model: str, serving: ServingPolicy, registry: ModelRegistry,
+    home: FledgeHome, models: str | Sequence[str], serving: ServingPolicy, registry: ModelRegistry,
     host: str = "127.0.0.1", port: int | None = None, log: Callable[[str], None] = print,
 ) -> Iterator[ServingPlane]:
-    """Run the gateway in this process with MODEL@champion behind it: re-attach to the
-    instances still serving, keep the persisted split where it leads to live instances (a
-    canary in progress keeps its share), else put the champion at 100 %. The rollout controller
-    (services.controller) runs here and resumes the rollouts on record. On exit the controller
-    and the gateway stop and the instances keep serving, their leases no longer renewed by this
-    process."""
+    """Run the gateway in this process with MODEL@champion behind it for each of `models`:
+    re-attach to the instances still serving, keep each persisted split where it leads to
+    live instances (a canary in progress keeps its share), else put the champion at 100 %.
+    The rollout controller (services.controller) runs here and resumes the rollouts on record.
+    On exit the controller and the gateway stop and the instances keep serving, their leases
+    no longer renewed by this process. The plane handle it yields addresses the first model."""
+    models = [models] if isinstance(models, str) else list(dict.fromkeys(models))
+    if not models:
+        raise ValueError("a serving plane serves at least one model")
     home.ensure()
+    unnamed = [m for m in models_with_rollouts(home) if m not in models]
+    if unnamed:  # their rollouts own traffic users may be on: they end here, not in limbo
+        log(f"Serving {', '.join(unnamed)} as well: a rollout of each is in progress")
+        models += unnamed
     fleet = Fleet(home.state, LocalLauncher(home.logs, owner_pid=os.getpid()))
     kept, removed = fleet.reattach()
     if kept or removed:
         log(f"Re-attached to {len(kept)} running instance(s){': ' + ', '.join(kept) if kept else ''}"
             + (f"; stopped {len(removed)} that did not answer: {', '.join(removed)}" if removed else ""))
     fleet.keep_leases(every_record=True)
-    champion, started = serve_version(registry, home, serving, f"{model}@{CHAMPION}", fleet)
-    if started:
-        log(f"Serving {model}@{CHAMPION} ({champion.served_model_name}): started at {champion.base_url}")
-    routes = reconcile_routes(load_routes(home.files.routes), fleet.records())
-    stable = routes.stable() if routes else None
-    # A rollout on record owns the split (between its promotion and the alias move the stable
-    # backend is the canary, not yet the champion): it is kept wherever it leads to live instances.
-    owned = routes is not None and routes.model == model and rollout_in_progress(home, model)
-    if not owned and (routes is None or routes.model != model or stable is None or (stable.version, stable.base_url) != (
-            champion.served_model_name, champion.base_url)):
-        routes = RouteTable.serving_only(model, Backend(version=champion.served_model_name, base_url=champion.base_url))
-    save_routes(routes, home.files.routes)  # before the gateway loads them: it never answers from stale routes
+    saved = load_routes(home.files.routes)
+    book = RouteBook()
+    for model in models:  # a model the plane no longer serves keeps no table
+        book = book.with_table(_champion_table(registry, home, serving, fleet, model, saved.tables.get(model), log))
+    save_routes(book, home.files.routes)  # before the gateway loads them: it never answers from stale routes
     controller_token = secrets.token_urlsafe(24)  # never written: it lives and dies with this process
     controller = None
     try:
@@ -210,10 +238,11 @@ def run_plane(
             controller = RolloutController(home, registry, GatewayAdmin(gateway.url, controller_token), fleet, log=log)
             gateway.gateway.rollouts = controller
             controller.resume_all()  # a rollout the last plane left half-way goes on from its stage
-            write_json(home.files.plane, {"url": gateway.url, "model": model, "pid": os.getpid()})
-            admin = GatewayAdmin(gateway.url, admin_token(home.state))
-            split = ", ".join(f"{k} {b.weight} %" for k, b in routes.backends.items() if b.weight)
-            log(f"Gateway for {model} at {gateway.url}/v1: {split}")
+            write_json(home.files.plane, {"url": gateway.url, "models": models, "pid": os.getpid()})
+            admin = GatewayAdmin(gateway.url, admin_token(home.state), model=models[0])
+            for model, table in book.tables.items():
+                split = ", ".join(f"{k} {b.weight} %" for k, b in table.backends.items() if b.weight)
+                log(f"Gateway for {model} at {gateway.url}/v1: {split}")
             try:
                 yield ServingPlane(home, admin, fleet, controller)
             finally:

@@ -1,4 +1,7 @@
-"""The gateway: an OpenAI-compatible HTTP proxy in front of the served versions of a model.
+"""The gateway: an OpenAI-compatible HTTP proxy in front of the served versions of its models.
+
+One gateway serves several public model names, each with its own route table (a request's
+`model` picks it; admin calls name it with `?model=NAME`, or address the only one).
 
 Starlette + httpx, run by uvicorn. Weighted split between stable and canary, sticky sessions
 (`x-session-id` or the `user` field), version pinning (`x-fledge-version`), streaming passed
@@ -37,7 +40,7 @@ from serving.gateway.audit import AuditLog
 from serving.gateway.guards import OutlierDetector, RetryBudget, json_shape_problem
 from serving.gateway.leases import FENCE_HEADER, LeaseHeld, LeaseLost, LeaseTable
 from serving.gateway.metrics import GatewayMetrics, Observation
-from serving.gateway.routes import Backend, RouteChangeRefused, RouteTable, load_routes, save_routes
+from serving.gateway.routes import Backend, RouteBook, RouteChangeRefused, RouteTable, load_routes, save_routes
 from serving.gateway.sse import EventStream
 from serving.errors import RolloutConflict
 
@@ -237,7 +240,7 @@ class Gateway:
         self.leases = LeaseTable(leases_path or routes_path.with_name("leases.json"))
         self.api_keys = api_keys or {}
         self.buckets = {key: TokenBucket(rate) for key, rate in self.api_keys.items()}
-        self.routes: RouteTable | None = load_routes(routes_path)
+        self.book: RouteBook = load_routes(routes_path)
         self.metrics = GatewayMetrics()
         self.in_flight: dict[str, int] = {}
         self.active = 0  # client requests being served, streams until their last byte
@@ -342,35 +345,56 @@ class Gateway:
         return await self._admitted(request, "chat/completions")
 
     async def models(self, request: Request) -> Response:
-        names = [self.routes.model] if self.routes else []
-        return JSONResponse({"object": "list", "data": [{"id": n, "object": "model", "owned_by": "fledge"} for n in names]})
+        return JSONResponse({"object": "list", "data": [{"id": n, "object": "model", "owned_by": "fledge"}
+                                                        for n in self.book.tables]})
 
     async def health(self, request: Request) -> Response:
-        ready = bool(self.routes and self.routes.candidates())
-        return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
+        """Ready when every model it serves (or the one `?model=` names) has a backend taking
+        traffic: a gateway that would answer one of its models with 503 is not ready."""
+        name = request.query_params.get("model")
+        tables = {k: t for k, t in self.book.tables.items() if name in (None, k)}
+        models = {k: bool(t.candidates()) for k, t in tables.items()}
+        ready = bool(models) and all(models.values())
+        return JSONResponse({"ready": ready, "models": models}, status_code=200 if ready else 503)
 
     async def prometheus(self, request: Request) -> Response:
         return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    def _pick(self, request: Request, body: dict) -> tuple[Backend | None, JSONResponse | None]:
-        routes = self.routes
-        if routes is None or not routes.backends:
+    def _model_table(self, body: dict) -> tuple[RouteTable | None, JSONResponse | None]:
+        """The table of the model the request names (or of the only model, when it names none)."""
+        tables, name = self.book.tables, body.get("model")
+        if not tables:
             return None, _error(503, "The gateway has no routes yet; add backends through the admin API.", "service_unavailable")
-        if body.get("model") not in (None, routes.model):
-            return None, _error(404, f"The model '{body.get('model')}' does not exist here; use '{routes.model}'.", "not_found_error")
+        if name is None:
+            if len(tables) == 1:
+                return next(iter(tables.values())), None
+            return None, _error(400, f"Name the model: this gateway serves {', '.join(tables)}.")
+        if not isinstance(name, str) or name not in tables:
+            shown = f"'{name}'" if isinstance(name, str) else json.dumps(name)
+            return None, _error(404, f"The model {shown} does not exist here; use "
+                                + " or ".join(f"'{t}'" for t in tables) + ".", "not_found_error")
+        if not tables[name].backends:
+            return None, _error(503, f"{name} has no backends yet.", "service_unavailable")
+        return tables[name], None
+
+    def _pick(self, request: Request, body: dict) -> tuple[RouteTable | None, Backend | None, JSONResponse | None]:
+        routes, refused = self._model_table(body)
+        if refused:
+            return None, None, refused
         pinned = request.headers.get(VERSION_HEADER)
         if pinned:
             backend = routes.backends.get(pinned)
             if backend is None or backend.draining:
-                return None, _error(404, f"Version '{pinned}' is not routable here (known: {', '.join(routes.backends)}).", "not_found_error")
-            return backend, None
+                return None, None, _error(404, f"Version '{pinned}' is not routable here (known for {routes.model}: "
+                                          f"{', '.join(routes.backends)}).", "not_found_error")
+            return routes, backend, None
         session = request.headers.get(SESSION_HEADER) or body.get("user")
         if session is not None and not isinstance(session, str):
-            return None, _error(400, "'user' must be a string.")
+            return None, None, _error(400, "'user' must be a string.")
         try:
-            return routes.choose(session, self.rng, ejected=self.outliers.ejected()), None
+            return routes, routes.choose(session, self.rng, ejected=self.outliers.ejected()), None
         except LookupError as error:
-            return None, _error(503, str(error), "service_unavailable")
+            return None, None, _error(503, str(error), "service_unavailable")
 
     async def _admitted(self, request: Request, path: str) -> Response:
         """The concurrency limit: a slot per client request, held until its last byte."""
@@ -405,36 +429,36 @@ class Gateway:
             return _error(400, "The request body must be a JSON object.")
         if not isinstance(body.get("stream", False), bool):
             return _error(400, f"'stream' must be true or false, not {json.dumps(body['stream'])}.")
-        backend, refused = self._pick(request, body)
+        routes, backend, refused = self._pick(request, body)
         if refused:
             return refused
         pinned = VERSION_HEADER in request.headers
         self.retry_budget.deposit()
         try:
-            return await self._forward(backend, path, body, retried_from=None, pinned=pinned)
+            return await self._forward(routes.model, backend, path, body, retried_from=None, pinned=pinned)
         except _Refused as refusal:
             self.metrics.rejected.labels(refusal.reason).inc()
             return refusal.response
         except _BeforeFirstByte as failure:
-            stable = self.routes.stable()
+            stable = self.book.tables[routes.model].stable() if routes.model in self.book.tables else None
             if pinned or stable is None or stable.version == backend.version:
                 return _error(502, f"Backend {backend.version} failed: {failure}", "api_error")
             if not self.retry_budget.withdraw():
                 self.metrics.rejected.labels("retry budget").inc()
                 return _error(502, f"Backend {backend.version} failed ({failure}) and the gateway's retry budget is spent "
                               f"(retries are at most {self.limits.retry_budget:.0%} of requests).", "api_error")
-            self.metrics.retries.labels(self.routes.model, backend.version, failure.reason).inc()
+            self.metrics.retries.labels(routes.model, backend.version, failure.reason).inc()
             try:
-                return await self._forward(stable, path, body, retried_from=backend.version)
+                return await self._forward(routes.model, stable, path, body, retried_from=backend.version)
             except _Refused as refusal:
                 self.metrics.rejected.labels(refusal.reason).inc()
                 return refusal.response
             except _BeforeFirstByte as second:
                 return _error(502, f"Backends {backend.version} and {stable.version} failed: {second}", "api_error")
 
-    async def _forward(self, backend: Backend, path: str, body: dict, retried_from: str | None,
+    async def _forward(self, model: str, backend: Backend, path: str, body: dict, retried_from: str | None,
                        pinned: bool = False) -> Response:
-        flight = _Flight(self, self.routes.model, backend, retried_from, pinned)
+        flight = _Flight(self, model, backend, retried_from, pinned)
         payload = {**body, "model": backend.upstream_model}
         if body.get("stream"):
             # Counted tokens, not chunks (see sse.py); the usage event is taken out again for a
@@ -497,7 +521,7 @@ class Gateway:
     async def _unhealthy_gainers(self, table: RouteTable) -> dict[str, str]:
         """The backends `table` gives more share than they have now that fail their health
         check (GET /health), with why."""
-        current = self.routes.backends if self.routes else {}
+        current = self.book.tables[table.model].backends if table.model in self.book.tables else {}
         gainers = [b for k, b in table.backends.items()
                    if not b.draining and b.weight > (current[k].weight if k in current else 0)]
 
@@ -515,31 +539,56 @@ class Gateway:
         return {b.version: problem for b, problem in zip(gainers, problems) if problem}
 
     async def _commit(self, table: RouteTable) -> JSONResponse:
-        """Apply and persist a new table; refused (RouteChangeRefused) when it would give a share
-        to a backend that does not pass its health check."""
+        """Apply and persist a model's new table; refused (RouteChangeRefused) when it would give
+        a share to a backend that does not pass its health check."""
         unhealthy = await self._unhealthy_gainers(table)
         if unhealthy:
             raise RouteChangeRefused("a share is never given to a backend that fails its health check: " + "; ".join(
                 f"{key} at {table.backends[key].base_url} ({why})" for key, why in unhealthy.items()))
-        save_routes(table, self.routes_path)  # persist first: a crash never loses an acknowledged change
-        self.routes = table
-        return self._routes_json()
+        book = self.book.with_table(table)
+        save_routes(book, self.routes_path)  # persist first: a crash never loses an acknowledged change
+        self.book = book
+        return self._routes_json(table.model)
 
-    def _routes_json(self) -> JSONResponse:
-        payload = self.routes.model_dump() if self.routes else None
+    def _routes_json(self, model: str | None) -> JSONResponse:
+        table = self.book.tables.get(model) if model else None
         ejected = self.outliers.ejected()
         return JSONResponse({
-            "routes": payload, "in_flight": dict(self.in_flight), "sequence": self.metrics.last_seq, "ejected": ejected,
-            "effective_weights": self.routes.effective_weights(ejected) if self.routes else {},
+            "routes": table.model_dump() if table else None,
+            "tables": {k: t.model_dump() for k, t in self.book.tables.items()},
+            "in_flight": dict(self.in_flight), "sequence": self.metrics.last_seq, "ejected": ejected,
+            "effective_weights": table.effective_weights(ejected) if table else {},
         })
 
-    def _fence_error(self, request: Request) -> JSONResponse | None:
-        """A route change while someone holds the model's lease must carry that lease's fencing
+    def _addressed(self, request: Request, body: object) -> str | None:
+        """The model an admin request is about: the path's or `?model=`, the body's "model",
+        the table holding the path's route key, else the gateway's only model."""
+        model = request.path_params.get("model") or request.query_params.get("model")
+        if model is None and isinstance(body, dict) and isinstance(body.get("model"), str):
+            model = body["model"]
+        if model is None and "version" in request.path_params:
+            holder = self.book.holding(request.path_params["version"])
+            model = holder.model if holder else None
+        if model is None and len(self.book.tables) == 1:
+            model = next(iter(self.book.tables))
+        return model
+
+    def _table(self, model: str | None) -> RouteTable:
+        if model is None:
+            if not self.book.tables:
+                raise RouteChangeRefused("the gateway has no routes yet; add a backend first")
+            raise RouteChangeRefused(f"this gateway serves several models ({', '.join(self.book.tables)}): "
+                                     "name one with ?model=NAME")
+        if model not in self.book.tables:
+            raise RouteChangeRefused(f"the gateway has no routes for {model} (it serves: "
+                                     f"{', '.join(self.book.tables) or 'none'}); add a backend for it first")
+        return self.book.tables[model]
+
+    def _fence_error(self, request: Request, model: str | None) -> JSONResponse | None:
+        """A change of a model while someone holds its lease must carry that lease's fencing
         token; a stale token (a lease that expired, was broken or preempted) is refused too, so
         its holder never undoes what the new holder did."""
-        if self.routes is None:
-            return None
-        model, fence = self.routes.model, request.headers.get(FENCE_HEADER)
+        fence = request.headers.get(FENCE_HEADER)
         if fence:
             fenced_model, _, token = fence.rpartition(":")
             try:
@@ -547,29 +596,35 @@ class Gateway:
             except (LeaseLost, ValueError) as error:
                 return _error(409, f"Refused: {error}.", "lease_lost")
             return None
-        held = self.leases.current(model)
+        held = self.leases.current(model) if model else None
         if held is not None:
             return _error(409, f"Refused: {held.holder} holds the lease on {model} ({held.purpose}, lease {held.token}); "
                           "changes go through it, or break the lease (`fledge lease break`).", "lease_held")
         return None
 
     async def _admin(self, request: Request, change) -> Response:
+        """Authenticate, read the body, fence, apply `change(body, model)` and audit it."""
         refused = self._admin_error(request)
         if refused:
             return refused
+        try:
+            body = await self._read_json(request, empty={}) if request.method in ("PUT", "POST") else {}
+        except _Refused as refusal:
+            return refusal.response
+        model = self._addressed(request, body)
         # Leases are taken outside of leases; an operator's pause, resume or abort of a rollout
         # must work whoever holds the model (Argo's abort always means "back to stable"); the
         # controller acts on the rollouts it owns.
         exempt = (request.url.path.startswith("/admin/leases") or self._token_used(request) == self.controller_token
                   or (request.url.path.startswith("/admin/rollouts/") and "command" in request.path_params))
         if request.method != "GET" and not exempt:
-            refused = self._fence_error(request)
+            refused = self._fence_error(request, model)
             if refused:
                 return refused
-        before = self.routes.model_dump() if self.routes else None
+        table = self.book.tables.get(model) if model else None
+        before = table.model_dump() if table else None
         try:
-            body = await self._read_json(request, empty={}) if request.method in ("PUT", "POST") else {}
-            response = await change(body)
+            response = await change(body, model)
         except _Refused as refusal:
             return refusal.response
         except LeaseHeld as error:
@@ -582,55 +637,52 @@ class Gateway:
         except (RouteChangeRefused, ValueError, KeyError, TypeError) as error:  # ValueError: pydantic's validation
             return _error(400, str(error))
         if request.method != "GET" and request.url.path != "/admin/leases/renew" and response.status_code < 400:
-            after = self.routes.model_dump() if self.routes else None
+            table = self.book.tables.get(model) if model else None
+            after = table.model_dump() if table else None
             leases = {"lease": body} if request.url.path.startswith("/admin/leases") else {}
             self.audit.append(f"{request.method} {request.url.path}", before, after, self._token_used(request),
-                              query=dict(request.query_params), fence=request.headers.get(FENCE_HEADER), **leases)
+                              query=dict(request.query_params), fence=request.headers.get(FENCE_HEADER), model=model,
+                              **leases)
         return response
 
     async def get_routes(self, request: Request) -> Response:
-        return await self._admin(request, lambda body: _async(self._routes_json()))
+        return await self._admin(request, lambda body, model: _async(self._routes_json(model)))
 
     async def put_routes(self, request: Request) -> Response:
-        return await self._admin(request, lambda body: self._commit(RouteTable.model_validate(body)))
-
-    def _table(self) -> RouteTable:
-        if self.routes is None:
-            raise RouteChangeRefused("the gateway has no routes yet; add a backend first")
-        return self.routes
+        return await self._admin(request, lambda body, model: self._commit(RouteTable.model_validate(body)))
 
     async def set_weights(self, request: Request) -> Response:
-        return await self._admin(request, lambda body: self._commit(self._table().with_weights(body["weights"])))
+        return await self._admin(request, lambda body, model: self._commit(self._table(model).with_weights(body["weights"])))
 
     async def add_backend(self, request: Request) -> Response:
-        async def change(body):
+        async def change(body, model):
             backend = Backend.model_validate(body["backend"])
             self.outliers.forget(backend.version)  # a new server behind the key starts with a clean record
-            if self.routes is None or body.get("model", self.routes.model) != self.routes.model:
+            if body["model"] not in self.book.tables:
                 return await self._commit(RouteTable.serving_only(body["model"], backend))
-            return await self._commit(self.routes.with_backend(backend))
+            return await self._commit(self.book.tables[body["model"]].with_backend(backend))
         return await self._admin(request, change)
 
     async def drain(self, request: Request) -> Response:
         version = request.path_params["version"]
 
-        async def change(body):
+        async def change(body, model):
             deadline_s = float(request.query_params.get("deadline_s", "30"))
-            await self._commit(self._table().draining(version))
+            await self._commit(self._table(model).draining(version))
             end = time.monotonic() + deadline_s
             while self.in_flight.get(version, 0) and time.monotonic() < end:
                 await asyncio.sleep(0.05)
             return JSONResponse({"drained": self.in_flight.get(version, 0) == 0, "in_flight": self.in_flight.get(version, 0),
-                                 "routes": self.routes.model_dump()})
+                                 "routes": self.book.tables[model].model_dump()})
         return await self._admin(request, change)
 
     async def remove_backend(self, request: Request) -> Response:
         version = request.path_params["version"]
 
-        return await self._admin(request, lambda body: self._commit(self._table().without(version)))
+        return await self._admin(request, lambda body, model: self._commit(self._table(model).without(version)))
 
     async def observations(self, request: Request) -> Response:
-        async def change(body):
+        async def change(body, model):
             if "last_seconds" in request.query_params:
                 observations = self.metrics.recent(float(request.query_params["last_seconds"]))
             else:
@@ -641,16 +693,18 @@ class Gateway:
     async def get_audit(self, request: Request) -> Response:
         def entries():
             found = self.audit.entries(int(request.query_params.get("after", "0")))
+            only = request.query_params.get("model")  # a model's changes (entries from before models were named stay)
+            found = [e for e in found if only is None or e.get("model", only) == only]
             last = int(request.query_params.get("last", "0"))
             return JSONResponse(found[-last:] if last else found)
-        return await self._admin(request, lambda body: _async(entries()))
+        return await self._admin(request, lambda body, model: _async(entries()))
 
     async def get_leases(self, request: Request) -> Response:
-        return await self._admin(request, lambda body: _async(JSONResponse(
+        return await self._admin(request, lambda body, model: _async(JSONResponse(
             {model: lease.model_dump() for model in list(self.leases.leases) if (lease := self.leases.current(model))})))
 
     async def acquire_lease(self, request: Request) -> Response:
-        async def change(body):
+        async def change(body, model):
             pid = body.get("pid")
             lease = self.leases.acquire(body["model"], str(body["holder"]), str(body["purpose"]), float(body["ttl_s"]),
                                         preempt=bool(body.get("preempt", False)), host=body.get("host"),
@@ -659,17 +713,17 @@ class Gateway:
         return await self._admin(request, change)
 
     async def renew_lease(self, request: Request) -> Response:
-        return await self._admin(request, lambda body: _async(JSONResponse(
+        return await self._admin(request, lambda body, model: _async(JSONResponse(
             self.leases.renew(body["model"], int(body["token"]), float(body["ttl_s"])).model_dump())))
 
     async def release_lease(self, request: Request) -> Response:
-        async def change(body):
+        async def change(body, model):
             self.leases.release(body["model"], int(body["token"]))
             return JSONResponse({"released": True})
         return await self._admin(request, change)
 
     async def break_lease(self, request: Request) -> Response:
-        async def change(body):
+        async def change(body, model):
             broken = self.leases.break_lease(body["model"], str(body["by"]))
             return JSONResponse({"broken": broken.model_dump() if broken else None})
         return await self._admin(request, change)
@@ -677,8 +731,11 @@ class Gateway:
     async def backend_metrics(self, request: Request) -> Response:
         version = request.path_params["version"]
 
-        async def change(body):
-            backend = self.routes.backends[version]
+        async def change(body, model):
+            holder = self.book.holding(version)
+            if holder is None:
+                raise KeyError(f"{version} is not a backend of this gateway")
+            backend = holder.backends[version]
             response = await self._pool(backend).get(f"{backend.base_url.removesuffix('/v1')}/metrics")
             return PlainTextResponse(response.text, status_code=response.status_code, media_type=CONTENT_TYPE_LATEST)
         return await self._admin(request, change)
@@ -692,12 +749,10 @@ class Gateway:
         return self.rollouts
 
     async def list_rollouts(self, request: Request) -> Response:
-        return await self._admin(request, lambda body: _async(JSONResponse(self._controller().list())))
+        return await self._admin(request, lambda body, model: _async(JSONResponse(self._controller().list())))
 
     async def get_rollout(self, request: Request) -> Response:
-        model = request.path_params["model"]
-
-        async def change(body):
+        async def change(body, model):
             try:
                 return JSONResponse(await asyncio.to_thread(self._controller().get, model))
             except KeyError:
@@ -705,14 +760,14 @@ class Gateway:
         return await self._admin(request, change)
 
     async def submit_rollout(self, request: Request) -> Response:
-        async def change(body):
+        async def change(body, model):
             return JSONResponse(await asyncio.to_thread(self._controller().submit, body), status_code=201)
         return await self._admin(request, change)
 
     async def command_rollout(self, request: Request) -> Response:
-        model, command = request.path_params["model"], request.path_params["command"]
+        command = request.path_params["command"]
 
-        async def change(body):
+        async def change(body, model):
             if command not in ROLLOUT_COMMANDS:
                 return _error(404, f"Unknown rollout command {command!r}: use one of {', '.join(ROLLOUT_COMMANDS)}.",
                               "not_found")

@@ -23,17 +23,27 @@ class GatewayAdminError(FledgeError):
 
 
 class GatewayAdmin:
-    def __init__(self, url: str, token: str, timeout_s: float = 10.0, fence: str | None = None):
-        """`fence` (MODEL:TOKEN): the lease this client's route changes are made under."""
+    def __init__(self, url: str, token: str, timeout_s: float = 10.0, fence: str | None = None,
+                 model: str | None = None):
+        """`fence` (MODEL:TOKEN): the lease this client's route changes are made under.
+        `model`: the model whose route table its route calls address; without one they address
+        the gateway's only model (a gateway serving several refuses them)."""
         self.url = url.rstrip("/")
         self.token = token
         self.fence = fence
+        self.model = model
         headers = {"authorization": f"Bearer {token}", **({FENCE_HEADER: fence} if fence else {})}
-        self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout_s)
+        self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout_s,
+                                 params={"model": model} if model else None)
 
     def fenced(self, lease: Lease) -> "GatewayAdmin":
-        """A client whose changes are made under `lease`: refused once the lease is gone."""
-        return GatewayAdmin(self.url, self.token, fence=f"{lease.model}:{lease.token}")
+        """A client whose changes of the lease's model are made under `lease`: refused once the
+        lease is gone."""
+        return GatewayAdmin(self.url, self.token, fence=f"{lease.model}:{lease.token}", model=lease.model)
+
+    def for_model(self, model: str) -> "GatewayAdmin":
+        """A client whose route calls address `model`'s table."""
+        return GatewayAdmin(self.url, self.token, fence=self.fence, model=model)
 
     def _call(self, method: str, path: str, **kwargs) -> httpx.Response:
         response = self.http.request(method, path, **kwargs)
@@ -75,6 +85,10 @@ class GatewayAdmin:
     def routes(self) -> RouteTable | None:
         data = self._call("GET", "/admin/routes").json()
         return RouteTable.model_validate(data["routes"]) if data["routes"] else None
+
+    def tables(self) -> dict[str, RouteTable]:
+        """Every model's table on the gateway."""
+        return {k: RouteTable.model_validate(t) for k, t in self._call("GET", "/admin/routes").json()["tables"].items()}
 
     def in_flight(self) -> dict[str, int]:
         return self._call("GET", "/admin/routes").json()["in_flight"]

@@ -1,8 +1,10 @@
-"""The gateway's routing state: which backends serve a model, their weights, and persistence.
+"""The gateway's routing state: which backends serve each model, their weights, and persistence.
 
-One public model name maps to backends keyed by version (`NAME/VERSION`, vLLM's served model
-name). Weights are integers that sum to 100 over the backends taking traffic. The table is
-saved atomically in FLEDGE_HOME, so a restarted gateway comes back with the same split.
+A gateway serves several public model names; each has its own table (a `RouteTable`, the
+`RouteBook` holds them all). A table maps one public name to backends keyed by version
+(`NAME/VERSION`, vLLM's served model name). Weights are integers that sum to 100 over the
+backends taking traffic. The book is saved atomically in FLEDGE_HOME, so a restarted gateway
+comes back with the same splits.
 """
 
 from __future__ import annotations
@@ -173,11 +175,39 @@ class RouteTable(BaseModel):
         return self._with(backends)
 
 
-def save_routes(table: RouteTable, path: Path) -> None:
-    write_atomic(path, table.model_dump_json(indent=2))  # acknowledged means durable: see fledge.core.state
+class RouteBook(BaseModel):
+    """Every table of a gateway, keyed by public model name: a team runs one gateway for all
+    its models, and each model's split, rollout and lease are its own."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tables: dict[str, RouteTable] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _keyed_by_model(self) -> "RouteBook":
+        wrong = [f"{key} holds the table of {table.model}" for key, table in self.tables.items() if key != table.model]
+        if wrong:
+            raise ValueError("each table is keyed by its model name: " + "; ".join(wrong))
+        return self
+
+    def with_table(self, table: RouteTable) -> "RouteBook":
+        return RouteBook(tables={**self.tables, table.model: table})
+
+    def holding(self, key: str) -> RouteTable | None:
+        """The table with a backend under this route key (keys name their model: NAME/VERSION)."""
+        return next((t for t in self.tables.values() if key in t.backends), None)
 
 
-def load_routes(path: Path) -> RouteTable | None:
+def save_routes(book: RouteBook, path: Path) -> None:
+    write_atomic(path, book.model_dump_json(indent=2))  # acknowledged means durable: see fledge.core.state
+
+
+def load_routes(path: Path) -> RouteBook:
+    """The saved book; empty when nothing was saved. A file from a one-model gateway (a bare
+    table) is read as a book of that one table."""
     if not path.is_file():
-        return None
-    return RouteTable.model_validate(json.loads(path.read_text()))
+        return RouteBook()
+    saved = json.loads(path.read_text())
+    if "tables" not in saved:
+        return RouteBook().with_table(RouteTable.model_validate(saved))
+    return RouteBook.model_validate(saved)

@@ -25,7 +25,9 @@ artifacts (runs:/), as teams do without Fledge; the first release of each adopts
     rolled back (unloaded);
 12. adapter-unsafe rejected at the safety gate, again without a server start;
 13. the gateway stopped and started again: the champion's server kept serving throughout, the
-    new gateway re-attaches to it (same pid, no start) and serves the same split at once.
+    new gateway re-attaches to it (same pid, no start) and serves the same split at once; it
+    now serves a second registered model too (a team's one gateway), whose champion is an
+    adapter on the first one's server: requests reach the model they name.
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ class Stack:
     versions: dict[str, str]
     policies: dict[str, str]
     zoo: object
-    restart_plane: object = None  # () -> the new plane: the gateway stopped and started again on its port
+    restart_plane: object = None  # (models) -> the new plane: the gateway stopped and started again on its port
 
     def ref(self, variant: str) -> str:
         return f"{MODEL}/{self.versions[variant]}"
@@ -137,9 +139,9 @@ def stack(zoo, tmp_path_factory):
             with SyntheticUsers(plane.url, MODEL) as users:
                 stack = Stack(home, registry, plane, users, versions, policies, zoo)
 
-                def restart_plane():
+                def restart_plane(models=(MODEL,)):
                     planes.close()  # the gateway stops; its servers keep serving
-                    stack.plane = planes.enter_context(run_plane(home, MODEL, serving_policy, registry, port=port))
+                    stack.plane = planes.enter_context(run_plane(home, models, serving_policy, registry, port=port))
                     return stack.plane
 
                 stack.restart_plane = restart_plane
@@ -415,11 +417,18 @@ def test_13_a_restarted_gateway_reattaches_to_the_servers_that_kept_serving(stac
     import httpx
 
     champion = stack.ref("base")
+    other = f"{MODEL}-support"  # a second model of the team: an adapter on base, its own public name
+    info, _ = stack.registry.register_once(stack.zoo["adapter-improved"].path, other, base=champion, alias=CHAMPION)
     before, starts, split = stack.plane.fleet.records()[champion], stack.starts(), stack.traffic()
-    stack.restart_plane()
+    stack.restart_plane((MODEL, other))
     after = stack.plane.fleet.records()[champion]
     assert (after.pid, after.base_url) == (before.pid, before.base_url) and stack.starts() == starts
     assert stack.traffic() == split == {champion: 100}
-    answer = httpx.post(f"{stack.plane.url}/v1/completions", timeout=60,
-                        json={"model": MODEL, "prompt": "Q: What is 2 plus 3?\nA:", "max_tokens": 4})
-    assert answer.status_code == 200 and answer.headers["x-fledge-version"] == champion
+    tables = stack.plane.admin.tables()
+    assert {m: {k: b.weight for k, b in t.backends.items()} for m, t in tables.items()} == {
+        MODEL: {champion: 100}, other: {info.ref: 100}}
+    for model, version in ((MODEL, champion), (other, info.ref)):
+        answer = httpx.post(f"{stack.plane.url}/v1/completions", timeout=60,
+                            json={"model": model, "prompt": "Q: What is 2 plus 3?\nA:", "max_tokens": 4})
+        assert answer.status_code == 200 and answer.headers["x-fledge-version"] == version
+        assert answer.json()["model"] == model

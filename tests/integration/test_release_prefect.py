@@ -209,7 +209,7 @@ def plane_for(session_home):
         backend = ScriptedBackend("stable").__enter__()
         gateway = BackgroundGateway(build_gateway(home.state, load_policy().serving.gateway)).start()
         started.extend([backend, gateway])
-        write_json(home.files.plane, {"url": gateway.url, "model": model, "pid": os.getpid()})
+        write_json(home.files.plane, {"url": gateway.url, "models": [model], "pid": os.getpid()})
         admin = GatewayAdmin(gateway.url, admin_token(home.state))
         admin.add_backend(model, Backend(version=f"{model}/1", base_url=backend.base_url))
         return admin

@@ -3,7 +3,8 @@ loopback, with a real MLflow registry and scripted backends (tests/support/backe
 versions: a rollout submitted through the admin API ends by itself, with the registry aliases
 moved by the controller, whether anyone waits for it or not; a failing canary or a breach in
 the watch puts traffic and aliases back; a restarted controller resumes from the record;
-operators pause, resume and abort whoever holds the lease; a second rollout is refused."""
+operators pause, resume and abort whoever holds the lease; a second rollout is refused; one
+plane serves two models, each with its own split, rollout and lease."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from fledge.services.controller import RolloutController, RolloutEnd, RolloutSpe
 from registry.refs import CHALLENGER, CHAMPION, PREVIOUS
 from serving.fleet import Fleet
 from serving.gateway.client import GatewayAdmin, GatewayAdminError
+from serving.gateway.leases import LeaseLost
 from serving.gateway.routes import Backend
 from serving.gateway.server import BackgroundGateway, admin_token, build_gateway
 from serving.launcher import LocalLauncher
@@ -41,13 +43,12 @@ class Plane:
         self.canary = ScriptedBackend("canary", canary_script).__enter__()
         self.controller_token = "controller-token-for-the-test"
         self.gateway = self._gateway()
-        self.admin = GatewayAdmin(self.gateway.url, admin_token(home.state))
+        self.admin = GatewayAdmin(self.gateway.url, admin_token(home.state), model=model)
         self.admin.add_backend(model, Backend(version=first.ref, base_url=self.stable.base_url))
         self.controller = self.start_controller()
         self.failed: list[int] = []
         self._done = threading.Event()
-        self._users = threading.Thread(target=self._send, daemon=True)
-        self._users.start()
+        self._users = [self.users(model, self.failed)]
 
     def _gateway(self) -> BackgroundGateway:
         limits = POLICY.serving.gateway.model_copy(update={"eject_after_failures": 1000})  # the analysis decides here
@@ -61,22 +62,31 @@ class Plane:
         controller.resume_all()
         return controller
 
-    def _send(self) -> None:
-        with httpx.Client(timeout=10) as client:
-            count = 0
-            while not self._done.is_set():
-                count += 1
-                answer = client.post(f"{self.gateway.url}/v1/completions",
-                                     json={"model": self.model, "prompt": "hi", "stream": count % 2 == 0})
-                if answer.status_code != 200:
-                    self.failed.append(answer.status_code)
-                time.sleep(0.04)
+    def users(self, model: str, failed: list[int]) -> threading.Thread:
+        """Users of `model` until the plane closes; the status of each failed request in `failed`."""
+        def send() -> None:
+            with httpx.Client(timeout=10) as client:
+                count = 0
+                while not self._done.is_set():
+                    count += 1
+                    answer = client.post(f"{self.gateway.url}/v1/completions",
+                                         json={"model": model, "prompt": "hi", "stream": count % 2 == 0})
+                    if answer.status_code != 200 or answer.headers["x-fledge-version"].rsplit("/", 1)[0] != model:
+                        failed.append(answer.status_code)
+                    time.sleep(0.04)
 
-    def spec(self, release_id: str = "release-run-1", canary: object = CANARY) -> dict:
-        aliases = {k: v for k, v in self.registry.aliases(self.model).items() if k in (CHAMPION, CHALLENGER, PREVIOUS)}
-        return RolloutSpec(release_id=release_id, model=self.model, stable=self.first.ref, canary=self.second.ref,
-                           canary_url=self.canary.base_url, canary_policy=canary, watch_policy=WATCH,
-                           aliases_before=aliases, routes_before=self.admin.routes().model_dump(mode="json"),
+        users = threading.Thread(target=send, daemon=True)
+        users.start()
+        return users
+
+    def spec(self, release_id: str = "release-run-1", canary: object = CANARY, model: str | None = None,
+             first=None, second=None, canary_url: str | None = None) -> dict:
+        model, first, second = model or self.model, first or self.first, second or self.second
+        admin = self.admin.for_model(model)
+        aliases = {k: v for k, v in self.registry.aliases(model).items() if k in (CHAMPION, CHALLENGER, PREVIOUS)}
+        return RolloutSpec(release_id=release_id, model=model, stable=first.ref, canary=second.ref,
+                           canary_url=canary_url or self.canary.base_url, canary_policy=canary, watch_policy=WATCH,
+                           aliases_before=aliases, routes_before=admin.routes().model_dump(mode="json"),
                            submitted_by="a test release").model_dump(mode="json")
 
     def traffic(self) -> dict[str, int]:
@@ -93,7 +103,8 @@ class Plane:
 
     def close(self) -> None:
         self._done.set()
-        self._users.join()
+        for users in self._users:
+            users.join()
         self.controller.stop()
         self.gateway.stop()
         self.stable.close()
@@ -224,7 +235,7 @@ def test_a_rollback_during_a_release_aborts_its_rollout_and_the_release_never_un
     plane = plane_with()
     aliases = plane.registry.aliases(plane.model)
     monkeypatch.setenv("FLEDGE_HOME", str(plane.home.root))
-    write_json(plane.home.files.plane, {"url": plane.gateway.url, "model": plane.model, "pid": os.getpid()})
+    write_json(plane.home.files.plane, {"url": plane.gateway.url, "models": [plane.model], "pid": os.getpid()})
     learned = {}
 
     @flow
@@ -251,3 +262,51 @@ def test_a_rollback_during_a_release_aborts_its_rollout_and_the_release_never_un
     assert "the release's lease is gone" in learned["lost"] and "preempted by rollback by oncall" in learned["lost"]
     assert plane.traffic() == {plane.first.ref: 100}
     assert plane.registry.aliases(plane.model) == aliases
+
+
+def test_one_plane_serves_two_models_each_with_its_own_split_rollout_and_lease(plane_with, registry, tiny_checkpoint):
+    """A team runs one gateway: requests reach the model they name, and two rollouts run at
+    once, one per model, each ending by its own analysis with only its own model's aliases and
+    traffic moved; one model's lease fences nobody's changes of the other."""
+    plane = plane_with()
+    other = f"{plane.model}-b"
+    other_first = registry.register(tiny_checkpoint, other, alias=CHAMPION)
+    other_second = registry.register(tiny_checkpoint, other, alias=CHALLENGER)
+    with ScriptedBackend("other-stable") as other_stable, \
+            ScriptedBackend("other-canary", Script(error_rate=0.5, seed=2)) as other_canary:
+        other_admin = plane.admin.for_model(other)
+        other_admin.add_backend(other, Backend(version=other_first.ref, base_url=other_stable.base_url))
+        other_failed: list[int] = []
+        plane._users.append(plane.users(other, other_failed))
+
+        with httpx.Client(base_url=f"{plane.gateway.url}/v1", timeout=10) as client:
+            assert {m["id"] for m in client.get("/models").json()["data"]} == {plane.model, other}
+            answer = client.post("/completions", json={"model": other, "prompt": "hi"})
+            assert (answer.headers["x-fledge-version"], answer.json()["model"]) == (other_first.ref, other)
+            unnamed = client.post("/completions", json={"prompt": "hi"})
+            assert unnamed.status_code == 400 and plane.model in unnamed.text and other in unnamed.text
+            assert client.post("/completions", json={"model": "nobody", "prompt": "hi"}).status_code == 404
+
+        # A release holds the first model's lease; the second model's changes need none of it.
+        lease = plane.admin.acquire_lease(plane.model, "a release", "release", ttl_s=120)
+        plane.admin.fenced(lease).submit_rollout(plane.spec())
+        other_admin.submit_rollout(plane.spec(release_id="release-run-2", model=other, first=other_first,
+                                              second=other_second, canary_url=other_canary.base_url))
+        with pytest.raises(LeaseLost, match="holds the lease"):
+            plane.admin.set_weights({plane.first.ref: 100})  # the first model stays fenced
+        ended = plane.controller.wait(plane.model, timeout_s=60)
+        other_ended = plane.controller.wait(other, timeout_s=60)
+
+        assert ended.end is RolloutEnd.PROMOTED, ended.reason
+        assert (other_ended.end, other_ended.ended_in.value) == (RolloutEnd.ROLLED_BACK, "canary"), other_ended.reason
+        assert registry.aliases(plane.model) == {CHAMPION: plane.second.version, PREVIOUS: plane.first.version}
+        assert registry.aliases(other) == {CHAMPION: other_first.version, CHALLENGER: other_second.version}
+        assert plane.traffic() == {plane.second.ref: 100}
+        assert {k: b.weight for k, b in other_admin.routes().backends.items()} == {other_first.ref: 100}
+        assert plane.failed == [] and other_failed == []
+
+        # A gateway started again on the same state serves both models' splits.
+        with BackgroundGateway(build_gateway(plane.home.state, POLICY.serving.gateway)) as again:
+            tables = GatewayAdmin(again.url, admin_token(plane.home.state)).tables()
+            assert {m: {k: b.weight for k, b in t.backends.items()} for m, t in tables.items()} == {
+                plane.model: {plane.second.ref: 100}, other: {other_first.ref: 100}}

@@ -3,7 +3,7 @@ import random
 import pytest
 from pydantic import ValidationError
 
-from serving.gateway.routes import Backend, RouteChangeRefused, RouteTable, load_routes, save_routes
+from serving.gateway.routes import Backend, RouteBook, RouteChangeRefused, RouteTable, load_routes, save_routes
 from serving.gateway.sse import EventStream
 
 
@@ -37,10 +37,23 @@ def test_a_session_stays_on_one_version_and_only_moves_towards_a_growing_canary(
     assert 0.42 < list(at_50.values()).count("tiny/2") / 500 < 0.58
 
 
-def test_routes_survive_a_restart(tmp_path):
-    save_routes(table(60, 40), tmp_path / "routes.json")
-    assert load_routes(tmp_path / "routes.json") == table(60, 40)
-    assert load_routes(tmp_path / "missing.json") is None
+def test_every_model_s_routes_survive_a_restart(tmp_path):
+    other = RouteTable.serving_only("other", Backend(version="other/3", base_url="http://c/v1"))
+    book = RouteBook().with_table(table(60, 40)).with_table(other)
+    save_routes(book, tmp_path / "routes.json")
+    assert load_routes(tmp_path / "routes.json") == book
+    assert load_routes(tmp_path / "missing.json") == RouteBook()
+    assert book.holding("other/3") == other and book.holding("tiny/9") is None
+
+
+def test_a_one_model_gateway_s_saved_table_is_read_as_a_book_of_it(tmp_path):
+    (tmp_path / "routes.json").write_text(table(60, 40).model_dump_json())
+    assert load_routes(tmp_path / "routes.json").tables == {"tiny": table(60, 40)}
+
+
+def test_a_book_keys_each_table_by_its_model():
+    with pytest.raises(ValidationError, match="keyed by its model name"):
+        RouteBook(tables={"other": table()})
 
 
 def test_event_stream_rewrites_the_model_name_and_counts_tokens_across_split_chunks():
