@@ -2,9 +2,10 @@
 
 A/A: two instances of the zoo's `base` (the same model) compared N times: every FAIL is a
 false alarm. A/B: `improved` against `slow` (same outputs, ~8x the layers) N times: every FAIL
-is a detection. Each trial is one full benchmark (alternating blocks, same prompts) and one
-gate decision with the default policy, exactly as a release runs it. Prints the rates, the
-ratio figures and the wall time.
+is a detection. Each trial is one full benchmark (alternating blocks, same prompts, the
+policy's interim look and extension) and one gate decision with the default policy, exactly as
+a release runs it. Prints the rates, the ratio figures, how many blocks were measured and the
+wall time.
 
     .venv/bin/python benchmarks/perf_gate_calibration.py --trials 10
 """
@@ -24,8 +25,7 @@ from evals.endpoint import Endpoint  # noqa: E402
 from evals.datasets import QUESTION_DATASETS, read_prompts  # noqa: E402
 from evals.gates import performance_gate  # noqa: E402
 from fledge.core.outcome import Outcome  # noqa: E402
-from evals.perf import run_benchmark  # noqa: E402
-from fledge.services.evaluate import core_plan, server_config  # noqa: E402
+from fledge.services.evaluate import benchmark_until_decided, core_plan, server_config  # noqa: E402
 from fledge.core.policy import load_policy  # noqa: E402
 from fledge.devtools.zoo.build import build_zoo  # noqa: E402
 from serving.launcher import LocalLauncher  # noqa: E402
@@ -37,16 +37,18 @@ def compare(champion_dir: Path, candidate_dir: Path, label: str, trials: int, po
     with launcher.start(server_config(policy.serving, champion_dir, f"{label}-champion/1", cores[0])) as a, \
          launcher.start(server_config(policy.serving, candidate_dir, f"{label}-candidate/1", cores[1])) as b:
         champion, candidate = Endpoint(a.base_url, a.config.served_model_name), Endpoint(b.base_url, b.config.served_model_name)
-        outcomes, ratios = [], []
+        outcomes, ratios, blocks = [], [], []
         started = time.monotonic()
         for trial in range(trials):
-            report = run_benchmark(champion, candidate, prompts, policy.performance)
+            report = benchmark_until_decided(policy, champion, candidate, prompts, log=lambda _: None)
             gate = performance_gate(policy.performance, report)
             check = gate.checks[-1]
             outcomes.append(gate.outcome)
             ratios.append(check.measured)
-            print(f"  {label} trial {trial + 1}/{trials}: {gate.outcome.value:12s} {check.detail}", flush=True)
-        return {"outcomes": outcomes, "ratios": ratios, "seconds": time.monotonic() - started}
+            blocks.append(len({r.block for r in report.records}))
+            print(f"  {label} trial {trial + 1}/{trials}: {gate.outcome.value:12s} {blocks[-1]:2d} blocks  {check.detail}",
+                  flush=True)
+        return {"outcomes": outcomes, "ratios": ratios, "blocks": blocks, "seconds": time.monotonic() - started}
 
 
 def main() -> None:
@@ -73,7 +75,7 @@ def main() -> None:
         print(f"{name}: fail {share(result, Outcome.FAIL):.0%}, pass {share(result, Outcome.PASS):.0%}, "
               f"inconclusive {share(result, Outcome.INCONCLUSIVE):.0%}; median ratio "
               f"{statistics.median(ratios):.3f} (range {min(ratios):.3f}-{max(ratios):.3f}); "
-              f"{result['seconds'] / args.trials:.1f} s per trial")
+              f"{statistics.mean(result['blocks']):.1f} blocks and {result['seconds'] / args.trials:.1f} s per trial")
     print(f"false-alarm rate (A/A fail): {share(aa, Outcome.FAIL):.1%}   goal <= 5 %")
     print(f"detection rate (A/B fail):   {share(ab, Outcome.FAIL):.1%}   goal >= 95 %")
     print(f"wall time: {time.monotonic() - started:.0f} s")

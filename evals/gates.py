@@ -139,6 +139,9 @@ def paired_log_ratios(report: PerformanceReport, metric: str) -> np.ndarray:
 
 
 def performance_gate(policy: PerformanceGate, report: PerformanceReport) -> GateResult:
+    if report.decided_at_interim and policy.interim_blocks:
+        # The benchmark stopped at the policy's interim look: the same rules that stopped it judge it.
+        policy = policy.model_copy(update={"blocks": policy.interim_blocks, "confidence": policy.interim_confidence})
     checks = []
     for endpoint in ("champion", "candidate"):
         records = [r for r in report.records if r.endpoint == endpoint]
@@ -165,8 +168,9 @@ def performance_gate(policy: PerformanceGate, report: PerformanceReport) -> Gate
     low, high = math.exp(result.confidence_interval.low), math.exp(result.confidence_interval.high)
     limit = 1 + policy.tolerated_slowdown
     summary = (
-        f"candidate/champion median {policy.metric} ratio {ratio:.3f}, {policy.confidence:.0%} CI "
-        f"[{low:.3f}, {high:.3f}] over {len(ratios)} paired requests; tolerated up to {limit:.2f}"
+        f"candidate/champion median {policy.metric} ratio {ratio:.3f}, {policy.confidence:.1%} CI "
+        f"[{low:.3f}, {high:.3f}] over {len(ratios)} paired requests"
+        f"{' (decided at the interim look)' if report.decided_at_interim else ''}; tolerated up to {limit:.2f}"
     )
     if low > limit:
         outcome, detail = Outcome.FAIL, f"slower beyond tolerance: {summary}"

@@ -87,3 +87,4 @@ class PerformanceReport(_Report):
     records: list[RequestRecord]
     wall_seconds: float
     throughput_tokens_per_s: dict[str, float]
+    decided_at_interim: bool = False  # the policy's interim look decided it: judged by that look's rules

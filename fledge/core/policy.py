@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fledge.core.errors import FledgeError
 
@@ -51,6 +51,18 @@ class PerformanceGate(_Strict):
     bootstrap_resamples: int = Field(ge=100)
     max_ci_width: float = Field(gt=0, description="A wider confidence interval of the ratio is inconclusive (noise).")
     max_error_rate: float = Field(ge=0, le=1)
+    interim_blocks: int | None = Field(None, ge=2, description=(
+        "Look once after this many blocks (even: as many champion-first blocks as candidate-first) and stop "
+        "when the gate is decided at `interim_confidence`; None: no interim look."))
+    interim_confidence: float = Field(0.995, gt=0.5, lt=1, description=(
+        "The interim look's confidence: O'Brien-Fleming's boundary for two looks (0.995, then about 0.95), "
+        "so looking early barely changes the gate's error rates."))
+
+    @model_validator(mode="after")
+    def _interim_look_before_the_end(self) -> "PerformanceGate":
+        if self.interim_blocks is not None and (self.interim_blocks >= self.blocks or self.interim_blocks % 2):
+            raise ValueError(f"interim_blocks ({self.interim_blocks}) must be even and fewer than blocks ({self.blocks})")
+        return self
 
 
 class QuantizationPolicy(_Strict):

@@ -276,14 +276,31 @@ def _serve(policy, suites, versions: dict[str, VersionInfo], dirs, home, log, se
 
 
 def benchmark_until_decided(policy: ReleasePolicy, champion: Endpoint, candidate: Endpoint, prompts, log: Log):
-    """The policy's blocks; if the gate cannot decide from them, more blocks (pooled) up to
-    `max_blocks`: noise from other work on the machine widens the interval, more pairs narrow it.
-    One extension at most, fixed in size, so the test cannot be stopped at a convenient moment."""
+    """The policy's blocks, with at most two adaptive changes fixed in advance, so the test
+    cannot be stopped at a convenient moment:
+
+    - an interim look after `interim_blocks` (when set): a gate already decided at the
+      stricter `interim_confidence` stops there (a clearly slower or clearly equal candidate
+      needs no more; O'Brien-Fleming's boundary keeps the error rates as planned);
+    - if the policy's blocks leave the gate inconclusive, more blocks (pooled) up to
+      `max_blocks`: noise from other work on the machine widens the interval, more pairs narrow it.
+    """
     from evals.gates import performance_gate
     from evals.perf import pooled, run_benchmark
 
     perf = policy.performance
-    report = run_benchmark(champion, candidate, prompts, perf, log)
+    first = perf.interim_blocks or perf.blocks
+    report = run_benchmark(champion, candidate, prompts, perf.model_copy(update={"blocks": first}), log)
+    if perf.interim_blocks:
+        interim = report.model_copy(update={"decided_at_interim": True})
+        outcome = performance_gate(perf, interim).outcome
+        if outcome in (Outcome.PASS, Outcome.FAIL):
+            log(f"Performance decided at the interim look after {first} blocks ({outcome.value} at "
+                f"{perf.interim_confidence:.1%} confidence); the other {perf.blocks - first} are not needed")
+            return interim
+        more = run_benchmark(champion, candidate, prompts, perf.model_copy(update={"blocks": perf.blocks - first}), log,
+                             first_block=first)
+        report = pooled(report, more)
     extra = perf.max_blocks - perf.blocks
     if extra > 0 and performance_gate(perf, report).outcome is Outcome.INCONCLUSIVE:
         log(f"Performance inconclusive after {perf.blocks} blocks; measuring {extra} more")
@@ -339,8 +356,9 @@ def measure(
         reports["candidate"] = reports["candidate"].model_copy(update={"errors": {
             **reports["candidate"].errors, "performance": "; ".join(broken.values())}})
     elif "performance" in suites:
-        log(f"Performance benchmark: {policy.performance.blocks} alternating blocks of "
-            f"{policy.performance.requests_per_block} requests per model")
+        perf = policy.performance
+        log(f"Performance benchmark: {perf.blocks} alternating blocks of {perf.requests_per_block} requests per model"
+            + (f", a look after {perf.interim_blocks}" if perf.interim_blocks else ""))
         prompts = read_prompts(list(QUESTION_DATASETS))
         attempt("candidate", "performance", lambda: (benchmark_until_decided(policy, champion, candidate, prompts, log), {}))
         raw.pop("performance_candidate", None)
