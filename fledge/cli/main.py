@@ -325,7 +325,7 @@ def _wait_for_ctrl_c(handles) -> None:
 @app.command()
 @friendly
 def gateway(
-    names: list[str] = typer.Argument(..., help="Registered models whose champions the gateway serves as stable."),
+    names: list[str] = typer.Argument(..., metavar="NAME", help="Registered models whose champions the gateway serves as stable."),
     port: int = typer.Option(8080, "--port", help="Gateway port."),
     host: str = typer.Option("127.0.0.1", "--host"),
     policy_file: Optional[Path] = typer.Option(None, "--policy", help="Release policy YAML (serving settings)."),
