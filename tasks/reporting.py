@@ -92,8 +92,9 @@ def publish_summary(model: str, run_id: str, summary_markdown: str, details: dic
 
 @task(name="publish gateway audit", cache_policy=NO_CACHE)
 def publish_gateway_audit(model: str, run_id: str, after_seq: int) -> int | None:
-    """The gateway's admin changes made since the release began (its own and anyone else's),
-    as `gateway_audit.jsonl` in the release's MLflow run. Returns how many; None when the
+    """The gateway's admin changes of the model made since the release began (its own and
+    anyone else's; other models' changes are theirs), as `gateway_audit.jsonl` in the release's
+    MLflow run. Returns how many; None when the
     gateway cannot be reached (a release that failed because of it still ends with its own
     error, not this one: the audit log stays in the gateway's state directory)."""
     try:

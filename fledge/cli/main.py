@@ -444,7 +444,7 @@ def canary(
 
     home = FledgeHome.from_env().ensure()
     policy = load_policy(policy_file)
-    model = ref.rsplit("/", 1)[0]
+    model = open_registry(home).resolve(ref).name  # NAME/VERSION or NAME@ALIAS
     admin = connect_plane(home, model, url=url).admin
     table = admin.routes()
     stable = table.stable() if table else None

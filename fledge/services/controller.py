@@ -232,6 +232,10 @@ class RolloutController:
         self._stopping.set()
         for thread in list(self._threads.values()):
             thread.join(timeout=timeout_s)
+        with self._lock:
+            for admin in self._admins.values():
+                admin.close()
+            self._admins.clear()
 
     def wait(self, model: str, timeout_s: float) -> ManagedRollout | None:
         """For tests and the CLI in this process: the rollout once its thread is done."""

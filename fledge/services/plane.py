@@ -34,6 +34,7 @@ from registry.store import ModelRegistry, VersionInfo
 from serving.engine import supported_architectures
 from serving.fleet import Fleet, InstanceRecord
 from serving.gateway.client import GatewayAdmin
+from serving.gateway.leases import LeaseTable
 from serving.gateway.routes import Backend, RouteBook, RouteChangeRefused, RouteTable, load_routes, save_routes
 from serving.gateway.server import BackgroundGateway, admin_token, build_gateway
 from serving.launcher import LocalLauncher
@@ -174,9 +175,12 @@ def connect_plane(home: FledgeHome, model: str | None = None, url: str | None = 
         url = record["url"]
     admin = GatewayAdmin(url, admin_token(home.state), model=model)
     try:
-        admin.routes()
+        tables = admin.tables()
     except Exception as error:
         raise PlaneNotRunning(f"The gateway at {url} does not answer ({error}). {fix}") from None
+    if model is not None and tables and model not in tables:
+        raise PlaneNotRunning(f"The gateway at {url} serves {', '.join(tables)}, not {model}. "
+                              f"Restart it naming every model: `fledge gateway {' '.join([*tables, model])}`.")
     held = held_lease(model) if model else None
     if held is not None:  # this context's changes of the model go under its lease
         admin = admin.fenced(held.lease)
@@ -215,9 +219,11 @@ def run_plane(
     if not models:
         raise ValueError("a serving plane serves at least one model")
     home.ensure()
-    unnamed = [m for m in models_with_rollouts(home) if m not in models]
-    if unnamed:  # their rollouts own traffic users may be on: they end here, not in limbo
-        log(f"Serving {', '.join(unnamed)} as well: a rollout of each is in progress")
+    leases = LeaseTable(home.files.leases)
+    leased = [m for m in leases.leases if leases.current(m)]
+    unnamed = [m for m in dict.fromkeys([*models_with_rollouts(home), *leased]) if m not in models]
+    if unnamed:  # a rollout or an operator is at work on them: they end here, not in limbo
+        log(f"Serving {', '.join(unnamed)} as well: a rollout or a release of each is in progress")
         models += unnamed
     fleet = Fleet(home.state, LocalLauncher(home.logs, owner_pid=os.getpid()))
     kept, removed = fleet.reattach()

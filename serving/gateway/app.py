@@ -349,12 +349,13 @@ class Gateway:
                                                         for n in self.book.tables]})
 
     async def health(self, request: Request) -> Response:
-        """Ready when every model it serves (or the one `?model=` names) has a backend taking
-        traffic: a gateway that would answer one of its models with 503 is not ready."""
+        """Ready when some model it serves has a backend taking traffic (each model's state is
+        in the answer; `?model=NAME` asks about one): one model without a backend must not take
+        every other model out of a load balancer's rotation."""
         name = request.query_params.get("model")
         tables = {k: t for k, t in self.book.tables.items() if name in (None, k)}
         models = {k: bool(t.candidates()) for k, t in tables.items()}
-        ready = bool(models) and all(models.values())
+        ready = any(models.values())
         return JSONResponse({"ready": ready, "models": models}, status_code=200 if ready else 503)
 
     async def prometheus(self, request: Request) -> Response:
@@ -573,10 +574,13 @@ class Gateway:
             model = next(iter(self.book.tables))
         return model
 
-    def _table(self, model: str | None) -> RouteTable:
+    def _table(self, model: str | None, version: str | None = None) -> RouteTable:
         if model is None:
             if not self.book.tables:
                 raise RouteChangeRefused("the gateway has no routes yet; add a backend first")
+            if version is not None:
+                raise RouteChangeRefused(f"{version} is not a backend of any model this gateway serves "
+                                         f"({', '.join(self.book.tables)})")
             raise RouteChangeRefused(f"this gateway serves several models ({', '.join(self.book.tables)}): "
                                      "name one with ?model=NAME")
         if model not in self.book.tables:
@@ -591,6 +595,10 @@ class Gateway:
         fence = request.headers.get(FENCE_HEADER)
         if fence:
             fenced_model, _, token = fence.rpartition(":")
+            if model is not None and fenced_model and fenced_model != model:
+                # A lease is for one model: it never lets its holder past another model's lease.
+                return _error(409, f"Refused: the change is for {model}, under a lease on {fenced_model}; take "
+                              f"{model}'s own lease.", "lease_lost")
             try:
                 self.leases.check(fenced_model or model, int(token))
             except (LeaseLost, ValueError) as error:
@@ -612,6 +620,10 @@ class Gateway:
         except _Refused as refusal:
             return refusal.response
         model = self._addressed(request, body)
+        named = body.get("model") if isinstance(body, dict) else None
+        if isinstance(named, str) and model is not None and named != model:
+            return _error(400, f"The request addresses {model} (?model=) but its body is about {named}; address the "
+                          "model the change is for.")
         # Leases are taken outside of leases; an operator's pause, resume or abort of a rollout
         # must work whoever holds the model (Argo's abort always means "back to stable"); the
         # controller acts on the rollouts it owns.
@@ -668,7 +680,7 @@ class Gateway:
 
         async def change(body, model):
             deadline_s = float(request.query_params.get("deadline_s", "30"))
-            await self._commit(self._table(model).draining(version))
+            await self._commit(self._table(model, version).draining(version))
             end = time.monotonic() + deadline_s
             while self.in_flight.get(version, 0) and time.monotonic() < end:
                 await asyncio.sleep(0.05)
@@ -679,7 +691,7 @@ class Gateway:
     async def remove_backend(self, request: Request) -> Response:
         version = request.path_params["version"]
 
-        return await self._admin(request, lambda body, model: self._commit(self._table(model).without(version)))
+        return await self._admin(request, lambda body, model: self._commit(self._table(model, version).without(version)))
 
     async def observations(self, request: Request) -> Response:
         async def change(body, model):

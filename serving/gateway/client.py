@@ -42,8 +42,10 @@ class GatewayAdmin:
         return GatewayAdmin(self.url, self.token, fence=f"{lease.model}:{lease.token}", model=lease.model)
 
     def for_model(self, model: str) -> "GatewayAdmin":
-        """A client whose route calls address `model`'s table."""
-        return GatewayAdmin(self.url, self.token, fence=self.fence, model=model)
+        """A client whose route calls address `model`'s table (under this client's lease only
+        when the lease is for that model: a lease never covers another model)."""
+        same = self.fence is not None and self.fence.rpartition(":")[0] == model
+        return GatewayAdmin(self.url, self.token, fence=self.fence if same else None, model=model)
 
     def _call(self, method: str, path: str, **kwargs) -> httpx.Response:
         response = self.http.request(method, path, **kwargs)
@@ -83,7 +85,12 @@ class GatewayAdmin:
         return {m: Lease.model_validate(v) for m, v in self._call("GET", "/admin/leases").json().items()}
 
     def routes(self) -> RouteTable | None:
+        """The addressed model's table; None when it has none yet. Refused for a client bound
+        to no model on a gateway serving several (which one would it be?)."""
         data = self._call("GET", "/admin/routes").json()
+        if data["routes"] is None and self.model is None and len(data["tables"]) > 1:
+            raise GatewayAdminError(f"the gateway at {self.url} serves several models ({', '.join(data['tables'])}); "
+                                    "address one: GatewayAdmin(..., model=NAME) or .for_model(NAME)", 400)
         return RouteTable.model_validate(data["routes"]) if data["routes"] else None
 
     def tables(self) -> dict[str, RouteTable]:
@@ -127,7 +134,8 @@ class GatewayAdmin:
         return self._call("GET", "/admin/routes").json()["ejected"]
 
     def audit_seq(self) -> int:
-        """The number of the newest admin change in the audit log (0 before the first)."""
+        """The number of the newest admin change in the audit log (0 before the first); of the
+        bound model's changes, for a client bound to one."""
         entries = self._call("GET", "/admin/audit", params={"last": 1}).json()
         return entries[-1]["seq"] if entries else 0
 
@@ -137,7 +145,7 @@ class GatewayAdmin:
 
     def audit(self, after: int = 0) -> list[dict]:
         """The admin changes numbered above `after`: when, what, the routes before and after,
-        and which token made them."""
+        and which token made them; only the bound model's, for a client bound to one."""
         return self._call("GET", "/admin/audit", params={"after": after}).json()
 
     # ---- rollouts: owned by the plane's controller ------------------------------------------

@@ -305,6 +305,17 @@ def test_one_plane_serves_two_models_each_with_its_own_split_rollout_and_lease(p
         assert {k: b.weight for k, b in other_admin.routes().backends.items()} == {other_first.ref: 100}
         assert plane.failed == [] and other_failed == []
 
+        # A lease covers its own model only; a change names the model it is for.
+        other_lease = other_admin.acquire_lease(other, "a rollback", "rollback", ttl_s=120)
+        with pytest.raises(LeaseLost, match=f"under a lease on {plane.model}"):
+            GatewayAdmin(plane.gateway.url, admin_token(plane.home.state), fence=f"{plane.model}:{lease.token}",
+                         model=other).set_weights({other_first.ref: 100})
+        other_admin.release_lease(other_lease)
+        with pytest.raises(GatewayAdminError, match="HTTP 400.*addresses"):
+            plane.admin.add_backend(other, Backend(version=other_second.ref, base_url=other_canary.base_url))
+        with pytest.raises(GatewayAdminError, match="serves several models"):
+            GatewayAdmin(plane.gateway.url, admin_token(plane.home.state)).routes()
+
         # A gateway started again on the same state serves both models' splits.
         with BackgroundGateway(build_gateway(plane.home.state, POLICY.serving.gateway)) as again:
             tables = GatewayAdmin(again.url, admin_token(plane.home.state)).tables()
