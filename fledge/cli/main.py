@@ -425,50 +425,53 @@ def routes(
 @app.command()
 @friendly
 def canary(
-    ref: str = typer.Argument(..., help="The version to roll out: NAME/VERSION."),
+    ref: str = typer.Argument(..., help="The version to roll out: NAME/VERSION or NAME@ALIAS."),
     url: Optional[str] = typer.Option(None, "--url", help="Gateway URL (default: the one `fledge gateway` recorded)."),
     policy_file: Optional[Path] = typer.Option(None, "--policy", help="Release policy YAML (canary steps, bake, limits)."),
 ) -> None:
-    """Serve a version and roll it out as a canary behind the gateway, against the current
-    stable version, step by step with the policy's analysis; roll back on failure.
+    """Roll a version out by hand, without the release's offline gates: serve it and hand its
+    canary, promotion (the registry's champion moves to it) and post-promotion watch to the
+    serving plane's rollout controller, as a release does, then follow the rollout. Ctrl-C
+    aborts it (all traffic back on stable, the aliases as before); closing the terminal
+    leaves it running (`fledge rollout show|abort NAME`). The version's server outlives this
+    command. Holds the model's lease while it follows the rollout.
 
-    Exits 0 when promoted (then keeps serving the new stable version until Ctrl-C), 1 when
-    rolled back.
+    Exits 0 when promoted, 1 when rolled back or aborted.
 
     Example: `fledge canary tiny-llama/4`
     """
+    import getpass
+
     from fledge.core.policy import load_policy
+    from fledge.services.leases import holder_name, holding
+    from fledge.services.manual_rollout import submit_manual_rollout
     from fledge.services.plane import connect_plane
-    from fledge.services.rollout import run_canary
-    from serving.canary.driver import RolloutDriver
 
     home = FledgeHome.from_env().ensure()
-    policy = load_policy(policy_file)
-    model = open_registry(home).resolve(ref).name  # NAME/VERSION or NAME@ALIAS
-    admin = connect_plane(home, model, url=url).admin
-    table = admin.routes()
-    stable = table.stable() if table else None
-    if stable is None:
-        raise UsageError(f"The gateway has no stable version of {model}; start it with `fledge gateway {model}`.")
-    version, handle = _serve_version(open_registry(home), home, ref, "1")
-    state_path = home.files.rollout(table.model)
-    try:
+    policy, registry = load_policy(policy_file), open_registry(home)
+    version = registry.resolve(ref)
+    model, by = version.name, f"{getpass.getuser()} (fledge canary)"
+    with holding(connect_plane(home, model, url=url).admin, model, "canary", holder_name("fledge canary")):
+        plane = connect_plane(home, model, url=url)  # its changes fenced by the lease now held
+        rollout = submit_manual_rollout(registry, plane, policy, version, by)
+        console.print(f"Rollout {rollout.id} of {version.ref} submitted to the plane's controller: {rollout.describe()}",
+                      highlight=False)
+        said = None
         try:
-            state = run_canary(admin, state_path, policy.canary, table.model, stable.version, version.ref,
-                               handle.base_url, log=lambda line: console.print(line, highlight=False))
+            while (view := plane.admin.rollout(model)) is not None and view["end"] is None:
+                if view["progress"] != said:
+                    said = view["progress"]
+                    console.print(f"Rollout: {said}", highlight=False)
+                time.sleep(policy.canary.analysis_interval_seconds)
         except KeyboardInterrupt:
-            # Ctrl-C is an operator's abort: all traffic back on stable before the server stops.
-            state = RolloutDriver(admin, policy.canary, state_path).abort()
-        if state.phase.value == "rolled_back":
-            admin.drain(version.ref, deadline_s=30)
-            admin.remove_backend(version.ref)
-            console.print(f"[red]Rolled back[/]: all traffic on {stable.version}. " + "; ".join(state.failed_checks), highlight=False)
-            raise typer.Exit(1)
-        console.print(f"[green]Promoted[/] {version.ref}: it takes all traffic; {stable.version} stays at 0 %. "
-                      "This process serves the new version until Ctrl-C.", highlight=False)
-        _wait_for_ctrl_c([handle])
-    finally:
-        handle.stop()
+            console.print("Aborting the rollout: all traffic back on stable...")
+            plane.admin.command_rollout(model, "abort", by)
+            while (view := plane.admin.rollout(model)) is not None and view["end"] is None:
+                time.sleep(0.5)
+    if view is None or view["end"] != "promoted":
+        console.print(f"[red]Not promoted[/]: {view['description'] if view else 'the rollout is gone'}", highlight=False)
+        raise typer.Exit(1)
+    console.print(f"[green]Promoted[/] {version.ref}: {view['description']}", highlight=False)
 
 
 def _print_release(summary) -> None:

@@ -27,7 +27,9 @@ artifacts (runs:/), as teams do without Fledge; the first release of each adopts
 13. the gateway stopped and started again: the champion's server kept serving throughout, the
     new gateway re-attaches to it (same pid, no start) and serves the same split at once; it
     now serves a second registered model too (a team's one gateway), whose champion is an
-    adapter on the first one's server: requests reach the model they name.
+    adapter on the first one's server: requests reach the model they name;
+14. `fledge canary` by hand (no offline gates) of the adapter: its rollout is the plane's
+    controller's too, promoted with the champion moved; then rolled back to base.
 """
 
 from __future__ import annotations
@@ -432,3 +434,22 @@ def test_13_a_restarted_gateway_reattaches_to_the_servers_that_kept_serving(stac
                             json={"model": model, "prompt": "Q: What is 2 plus 3?\nA:", "max_tokens": 4})
         assert answer.status_code == 200 and answer.headers["x-fledge-version"] == version
         assert answer.json()["model"] == model
+
+
+def test_14_a_canary_by_hand_is_run_by_the_controller_and_moves_the_champion(stack):
+    from flows.rollback import rollback
+
+    adapter, starts = stack.ref("adapter-improved"), stack.starts()
+    result = subprocess.run([sys.executable, "-m", "fledge.cli.main", "canary", adapter, "--policy", stack.policies["auto"]],
+                            capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "FLEDGE_HOME": str(stack.home.root), "COLUMNS": "200"})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "submitted to the plane's controller" in result.stdout
+    rollout = stack.plane.admin.rollout(MODEL)
+    assert rollout["end"] == "promoted" and "(fledge canary)" in rollout["spec"]["submitted_by"]
+    assert stack.registry.aliases(MODEL)[CHAMPION] == stack.versions["adapter-improved"]
+    assert stack.traffic() == {adapter: 100} and stack.starts() == starts  # on base's server: no start
+    assert stack.plane.admin.leases().get(MODEL) is None  # the command let its lease go
+
+    rollback(MODEL, reason="back to base after the hand-run canary", requested_by="oncall")
+    assert stack.traffic() == {stack.ref("base"): 100}
