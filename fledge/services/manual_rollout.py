@@ -37,9 +37,10 @@ def submit_manual_rollout(registry: ModelRegistry, plane: ServingPlane, policy: 
         baseline, _ = serve_version(registry, plane.home, policy.serving, stable.version, plane.fleet, baseline=True)
         baseline_url = baseline.base_url
     aliases = {role: v for role, v in registry.aliases(model).items() if role in ROLES}
+    judged = policy.for_adapter() if version.adapter_base else policy  # an adapter's latency limit is LoRA's own
     spec = RolloutSpec(release_id=f"manual-{uuid.uuid4().hex[:12]}", model=model, stable=stable.version,
                        canary=version.ref, canary_url=candidate.base_url, baseline_url=baseline_url,
-                       canary_policy=policy.canary, watch_policy=policy.watch, aliases_before=aliases,
+                       canary_policy=judged.canary, watch_policy=judged.watch, aliases_before=aliases,
                        routes_before=table.model_dump(mode="json"), submitted_by=by)
     view = plane.admin.submit_rollout(spec.model_dump(mode="json"))
     return ManagedRollout.model_validate({k: v for k, v in view.items() if k not in ("description", "progress")})
