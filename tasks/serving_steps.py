@@ -139,7 +139,11 @@ def abort_rollout(model: str, by: str, release_id: str | None = None, timeout_s:
         return None  # the plane's next start resumes it; its abort then is the operator's
     if view is None or view["end"] is not None or (release_id and view["spec"]["release_id"] != release_id):
         return None
-    admin.command_rollout(model, "abort", by)
+    try:
+        admin.command_rollout(model, "abort", by)
+    except GatewayAdminError as error:
+        if error.status != 409:  # 409: it ended between the look and the abort (an operator's own abort)
+            raise
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         view = admin.rollout(model)

@@ -519,8 +519,20 @@ def rollback(
     """Put NAME@previous back as champion and send all traffic to it (serving it first if it
     is not running), as a Prefect flow run.
 
+    A rollout of NAME in progress is aborted first, straight through the serving plane's
+    admin API: its users are back on stable within seconds, before the flow run starts.
+
     Example: `fledge rollback tiny-llama --reason "complaints about answers"`
     """
+    import getpass
+
+    from fledge.services.plane_record import abort_running_rollout
+
+    aborted = abort_running_rollout(FledgeHome.from_env().ensure(), name,
+                                    f"the rollback asked by {getpass.getuser()}" + (f": {reason}" if reason else ""))
+    if aborted is not None:
+        console.print(f"Rollout of {aborted['spec']['canary']}: {aborted['description']}", highlight=False)
+
     from fledge.services.releases import rollback_target
     from flows.rollback import rollback as rollback_flow
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from fledge.core.home import FledgeHome
-from registry.store import ModelRegistry
-from serving.launcher import LocalLauncher
+
+if TYPE_CHECKING:  # imported where used: MLflow alone takes seconds, and `fledge --help` needs none of it
+    from registry.store import ModelRegistry
+    from serving.launcher import LocalLauncher
 
 
 def quiet_libraries() -> None:
@@ -25,13 +28,17 @@ def quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def open_registry(home: FledgeHome | None = None) -> ModelRegistry:
+def open_registry(home: FledgeHome | None = None) -> "ModelRegistry":
+    from registry.store import ModelRegistry
+
     quiet_libraries()
     home = (home or FledgeHome.from_env()).ensure()
     return ModelRegistry(home.tracking_uri, home.registry_uri, artifact_root=home.artifacts)
 
 
-def local_launcher(home: FledgeHome | None = None) -> LocalLauncher:
+def local_launcher(home: FledgeHome | None = None) -> "LocalLauncher":
+    from serving.launcher import LocalLauncher
+
     home = (home or FledgeHome.from_env()).ensure()
     return LocalLauncher(home.logs)
 

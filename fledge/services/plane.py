@@ -24,10 +24,11 @@ from typing import Callable, Iterator, Sequence
 from fledge.core.errors import FledgeError
 from fledge.core.home import FledgeHome
 from fledge.core.policy import ServingPolicy
-from fledge.core.state import read_json, write_json
+from fledge.core.state import write_json
 from fledge.services.controller import RolloutController, models_with_rollouts, rollout_in_progress
 from fledge.services.evaluate import server_config
 from fledge.services.leases import held_lease
+from fledge.services.plane_record import plane_models, read_plane_record
 from registry.adapters import adapter_rank
 from registry.refs import CHAMPION
 from registry.store import ModelRegistry, VersionInfo
@@ -43,29 +44,6 @@ from serving.naming import instance_key
 
 class PlaneNotRunning(FledgeError):
     pass
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def read_plane_record(home: FledgeHome) -> dict | None:
-    """Where the running plane listens, the models it serves and its pid; None when no plane
-    of this home runs."""
-    record = read_json(home.files.plane)
-    if record is None or ("pid" in record and not _pid_alive(record["pid"])):
-        return None
-    return record
-
-
-def plane_models(record: dict) -> list[str]:
-    return list(record.get("models", []))
 
 
 def fleet_for(home: FledgeHome) -> Fleet:

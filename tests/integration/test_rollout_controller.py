@@ -321,3 +321,21 @@ def test_one_plane_serves_two_models_each_with_its_own_split_rollout_and_lease(p
             tables = GatewayAdmin(again.url, admin_token(plane.home.state)).tables()
             assert {m: {k: b.weight for k, b in t.backends.items()} for m, t in tables.items()} == {
                 plane.model: {plane.second.ref: 100}, other: {other_first.ref: 100}}
+
+
+def test_an_operators_abort_reaches_the_plane_without_the_registry_and_ends_with_users_on_stable(plane_with):
+    """What `fledge rollback` does first (fledge.services.plane_record): straight through the
+    admin API, users back on stable before any flow run."""
+    import os
+
+    from fledge.core.state import write_json
+    from fledge.services.plane_record import abort_running_rollout
+
+    plane = plane_with()
+    write_json(plane.home.files.plane, {"url": plane.gateway.url, "models": [plane.model], "pid": os.getpid()})
+    assert abort_running_rollout(plane.home, plane.model, "oncall") is None  # nothing runs: nothing to abort
+    plane.admin.submit_rollout(plane.spec())
+    plane.wait_for(lambda: plane.traffic().get(plane.second.ref) == 50)
+    ended = abort_running_rollout(plane.home, plane.model, "oncall")
+    assert (ended["end"], ended["reason"]) == ("aborted", "aborted by oncall during the canary")
+    assert plane.traffic() == {plane.first.ref: 100} and plane.failed == []
