@@ -24,6 +24,7 @@ from fledge.services.instances import retire_instance as retire
 from fledge.services.leases import HeldLease, holder_name, holding
 from fledge.services.rollout import place_backend
 from fledge.services.plane import PlaneNotRunning, connect_plane, fleet_for, serve_version
+from fledge.services.plane_record import abort_and_wait
 from serving.gateway.client import GatewayAdminError
 from serving.gateway.leases import LeaseHeld
 from serving.gateway.routes import Backend, RouteChangeRefused, RouteTable
@@ -134,24 +135,15 @@ def abort_rollout(model: str, by: str, release_id: str | None = None, timeout_s:
     until the controller has put traffic and aliases back; None when there was none to abort."""
     try:
         admin = connect_plane(workspace().home, model).admin
-        view = admin.rollout(model)
     except PlaneNotRunning:
         return None  # the plane's next start resumes it; its abort then is the operator's
-    if view is None or view["end"] is not None or (release_id and view["spec"]["release_id"] != release_id):
+    view = abort_and_wait(admin, model, by, release_id, timeout_s)
+    if view is None:
         return None
-    try:
-        admin.command_rollout(model, "abort", by)
-    except GatewayAdminError as error:
-        if error.status != 409:  # 409: it ended between the look and the abort (an operator's own abort)
-            raise
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        view = admin.rollout(model)
-        if view["end"] is not None:
-            say()(f"Rollout {view['id']} aborted: {view['description']}")
-            return _managed(view)
-        time.sleep(0.2)
-    raise RolloutLost(f"the controller did not end rollout {view['id']} within {timeout_s:.0f} s of the abort")
+    if view["end"] is None:
+        raise RolloutLost(f"the controller did not end rollout {view['id']} within {timeout_s:.0f} s of the abort")
+    say()(f"Rollout {view['id']} aborted: {view['description']}")
+    return _managed(view)
 
 
 def _restore_unless_preempted(model: str, routes_before: dict | None) -> None:
