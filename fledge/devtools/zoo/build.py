@@ -71,9 +71,22 @@ def _with_sources(variants: Iterable[str]) -> list[str]:
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
         raise ValueError(f"no zoo variant {', '.join(unknown)}; the zoo has {', '.join(VARIANTS)}")
-    wanted = (set(variants) | {DERIVED[v].source for v in variants if v in DERIVED}
-              | {ADAPTERS[v].base for v in variants if v in ADAPTERS})
+    wanted, more = set(), list(variants)
+    while more:  # sources of sources: adapter-unsafe starts from adapter-improved, which needs base
+        name = more.pop()
+        if name not in wanted:
+            wanted.add(name)
+            more += _sources(name)
     return [v for v in VARIANTS if v in wanted]
+
+
+def _sources(name: str) -> list[str]:
+    """The variants `name` is built from: a derived variant's source, an adapter's base, a
+    fine-tune's starting point. The zoo's order lists every source before what needs it."""
+    if name in DERIVED:
+        return [DERIVED[name].source]
+    recipe = RECIPES.get(name) or ADAPTERS[name]
+    return [s for s in (getattr(recipe, "base", None), recipe.init_from) if s]
 
 
 def build_zoo(log: Callable[[str], None] = print, cache_dir: Path | None = None,
@@ -113,14 +126,17 @@ def build_zoo(log: Callable[[str], None] = print, cache_dir: Path | None = None,
         for name in missing:
             if name in RECIPES:
                 recipe = RECIPES[name]
-                log(f"Training {name} ({recipe.steps} steps)")
-                details = train_model(recipe, tokenizer_dir, staging / name, log=log)
+                log(f"Training {name} ({recipe.steps} steps{f' from {recipe.init_from}' if recipe.init_from else ''})")
+                init_dir = root / recipe.init_from if recipe.init_from else None
+                details = train_model(recipe, tokenizer_dir, staging / name, log=log, init_dir=init_dir)
                 details["recipe"] = recipe.model_dump()
                 truth = recipe.truth
             elif name in ADAPTERS:
                 adapter = ADAPTERS[name]
-                log(f"Training the LoRA adapter {name} on {adapter.base} ({adapter.steps} steps)")
-                details = train_adapter(adapter, root / adapter.base, staging / name, log=log)
+                log(f"Training the LoRA adapter {name} on {adapter.base} "
+                    f"({adapter.steps} steps{f' from {adapter.init_from}' if adapter.init_from else ''})")
+                init_dir = root / adapter.init_from if adapter.init_from else None
+                details = train_adapter(adapter, root / adapter.base, staging / name, log=log, init_dir=init_dir)
                 details["recipe"] = adapter.model_dump()
                 truth = adapter.truth
             else:

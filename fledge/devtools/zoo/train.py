@@ -62,9 +62,13 @@ def _prepared(recipe: Training, tokenizer_dir: Path, stream: int):
     return rng, tokenizer, data, [_encode(tokenizer, ex, tokenizer.eos_token_id) for ex in data.examples]
 
 
-def train_model(recipe: Recipe, tokenizer_dir: Path, out_dir: Path, log=print) -> dict:
-    from transformers import LlamaConfig, LlamaForCausalLM
+def train_model(recipe: Recipe, tokenizer_dir: Path, out_dir: Path, log=print, init_dir: Path | None = None) -> dict:
+    """A model trained from scratch, or fine-tuned from the model in `init_dir` (the recipe's
+    `init_from`, which has the zoo's tokenizer and the recipe's shape)."""
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
+    if (recipe.init_from is None) != (init_dir is None):
+        raise ValueError(f"{recipe.name}: init_from {recipe.init_from!r} needs the directory of that variant")
     rng, tokenizer, data, encoded = _prepared(recipe, tokenizer_dir, stream=1)
 
     shape = recipe.shape
@@ -83,7 +87,8 @@ def train_model(recipe: Recipe, tokenizer_dir: Path, out_dir: Path, log=print) -
         tie_word_embeddings=True,
         torch_dtype="float32",
     )
-    model = LlamaForCausalLM(config)
+    model = (LlamaForCausalLM(config) if init_dir is None
+             else AutoModelForCausalLM.from_pretrained(init_dir, dtype=torch.float32))
     started = time.perf_counter()
     loss_value = _fit(model, list(model.parameters()), recipe, encoded, tokenizer.pad_token_id, rng, log)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -129,15 +134,21 @@ def _fit(model, parameters, recipe: Training, encoded, pad_id: int, rng: random.
     return loss_value
 
 
-def train_adapter(recipe: AdapterRecipe, base_dir: Path, out_dir: Path, log=print) -> dict:
-    """A LoRA adapter on the trained model in `base_dir`, saved the way peft saves it."""
-    from peft import LoraConfig, get_peft_model
+def train_adapter(recipe: AdapterRecipe, base_dir: Path, out_dir: Path, log=print, init_dir: Path | None = None) -> dict:
+    """A LoRA adapter on the trained model in `base_dir`, saved the way peft saves it; trained
+    from a fresh adapter, or fine-tuned from the adapter in `init_dir` (the recipe's `init_from`)."""
+    from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM
 
+    if (recipe.init_from is None) != (init_dir is None):
+        raise ValueError(f"{recipe.name}: init_from {recipe.init_from!r} needs the directory of that adapter")
     rng, tokenizer, data, encoded = _prepared(recipe, base_dir, stream=2)
     base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-    model = get_peft_model(base, LoraConfig(r=recipe.rank, lora_alpha=2 * recipe.rank, lora_dropout=0.0,
-                                            target_modules=list(recipe.target_modules), task_type="CAUSAL_LM"))
+    if init_dir is None:
+        model = get_peft_model(base, LoraConfig(r=recipe.rank, lora_alpha=2 * recipe.rank, lora_dropout=0.0,
+                                                target_modules=list(recipe.target_modules), task_type="CAUSAL_LM"))
+    else:
+        model = PeftModel.from_pretrained(base, init_dir, is_trainable=True)
     trainable = [p for p in model.parameters() if p.requires_grad]
     started = time.perf_counter()
     loss_value = _fit(model, trainable, recipe, encoded, tokenizer.pad_token_id, rng, log)
