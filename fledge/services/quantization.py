@@ -98,8 +98,8 @@ def gate_quantized(
     log: Callable[[str], None] = print,
     served: dict[str, Endpoint] | None = None,
 ) -> QuantizationGateResult:
-    """Serve source and quantized side by side; check numeric agreement and the quality delta,
-    and measure (without gating) the speed ratio."""
+    """Serve source and quantized side by side; check numeric agreement and, when it holds, the
+    quality delta, and measure (without gating) the speed ratio."""
     from evals.gates import performance_gate
     from evals.perf import run_benchmark
     from evals.quality import run_quality
@@ -126,28 +126,35 @@ def gate_quantized(
         log("Scoring next-token agreement with the source")
         prompts = read_prompts(list(QUESTION_DATASETS))[:AGREEMENT_PROMPTS]
         agreement = measure_agreement(endpoints["source"], endpoints["quantized"], prompts)
-        log("Quality of the quantized version against its source")
-        source_quality, _ = run_quality(endpoints["source"], list(policy.quality.tasks))
-        quantized_quality, _ = run_quality(endpoints["quantized"], list(policy.quality.tasks))
-        perf_policy = policy.performance.model_copy(update={"blocks": 2})
-        speed = performance_gate(perf_policy, run_benchmark(endpoints["source"], endpoints["quantized"],
-                                                             read_prompts(["arithmetic"]), perf_policy))
-    gates = [agreement_gate(policy.quantization, agreement),
-             quality_vs_source_gate(policy.quality, policy.quantization, source_quality, quantized_quality)]
+        gates = [agreement_gate(policy.quantization, agreement)]
+        speed, quality_metrics = None, {}
+        # Numbers that disagree with the source already fail the version, as a release stops at
+        # its first failing gate: its quality and speed are not worth the minutes to measure.
+        if gates[0].outcome is Outcome.FAIL:
+            log("Agreement with the source failed: quality and speed not measured")
+        else:
+            log("Quality of the quantized version against its source")
+            source_quality, _ = run_quality(endpoints["source"], list(policy.quality.tasks))
+            quantized_quality, _ = run_quality(endpoints["quantized"], list(policy.quality.tasks))
+            gates.append(quality_vs_source_gate(policy.quality, policy.quantization, source_quality, quantized_quality))
+            quality_metrics = {**{f"source.{t.task}": t.value for t in source_quality.tasks},
+                               **{f"quantized.{t.task}": t.value for t in quantized_quality.tasks}}
+            perf_policy = policy.performance.model_copy(update={"blocks": 2})
+            speed = performance_gate(perf_policy, run_benchmark(endpoints["source"], endpoints["quantized"],
+                                                                 read_prompts(["arithmetic"]), perf_policy))
     outcome = worst([g.outcome for g in gates])
-    speed_ratio = speed.checks[-1].measured if speed.checks else None
+    speed_ratio = speed.checks[-1].measured if speed and speed.checks else None
     runs.log_metrics(run_id, {
         "agreement.top1": agreement.top1_agreement, "agreement.logprob_mae": agreement.logprob_mae,
         "agreement.logprob_max_abs": agreement.logprob_max_abs,
-        **{f"source.{t.task}": t.value for t in source_quality.tasks},
-        **{f"quantized.{t.task}": t.value for t in quantized_quality.tasks},
+        **quality_metrics,
         **({"speed.tpot_ratio_quantized_over_source": speed_ratio} if speed_ratio else {}),
         "size.before_bytes": float(version.tags.get(tags.TAG_QUANT_SIZE_BEFORE, 0)),
         "size.after_bytes": float(version.tags.get(tags.TAG_QUANT_SIZE_AFTER, 0)),
     })
     runs.log_json(run_id, "quantization_gate.json", {
         "outcome": outcome.value, "gates": [g.model_dump(mode="json") for g in gates],
-        "agreement": agreement.model_dump(), "speed": speed.model_dump(mode="json")})
+        "agreement": agreement.model_dump(), "speed": speed.model_dump(mode="json") if speed else None})
     runs.set_tags(run_id, {tags.RUN_VERDICT: outcome.value})
     registry.set_tags(version.name, version.version, {tags.TAG_QUANT_GATE: outcome.value, tags.TAG_QUANT_GATE_RUN: run_id})
     runs.finish(run_id)

@@ -95,3 +95,5 @@ def test_a_broken_weight_range_fails_the_agreement_check(source, registry, launc
     agreement = next(g for g in result.gates if g.gate == "quantization-agreement")
     assert agreement.outcome is Outcome.FAIL
     assert result.outcome is Outcome.FAIL
+    # Broken numbers end the gate: its quality and speed are not measured.
+    assert [g.gate for g in result.gates] == ["quantization-agreement"] and result.speed_ratio is None

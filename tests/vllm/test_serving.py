@@ -128,18 +128,6 @@ def test_a_bad_argument_fails_fast_with_the_log_tail(served_base, launcher):
     assert _descendants() - before == set()
 
 
-def test_stop_ends_the_server_and_frees_its_port(served_base, launcher):
-    config = served_base.handle.config.model_copy(update={"port": None, "served_model_name": "zoo-base/stop-test"})
-    handle = launcher.start(config)
-    pids = {p.pid for p in psutil.Process(handle.pid).children(recursive=True)} | {handle.pid}
-    with httpx.Client() as http:
-        assert http.get(f"{handle.base_url.removesuffix('/v1')}/health").status_code == 200
-    handle.stop()
-    assert not handle.is_running()
-    assert not _port_open(handle.port)
-    assert _running(pids) == []
-
-
 def test_a_server_stops_when_its_owner_dies_even_by_sigkill(served_base, session_home):
     """A server forked by the warm launcher is not its owner's child: its guardian watches the
     owner (here a stand-in process) and stops the server's whole group when the owner dies."""
@@ -164,10 +152,11 @@ def test_a_server_stops_when_its_owner_dies_even_by_sigkill(served_base, session
         handle.stop()
 
 
-def test_a_version_scores_the_same_on_another_server_so_its_results_can_be_reused(served_base, launcher):
+def test_a_version_scores_the_same_on_another_server_and_stopping_that_server_frees_its_port(served_base, launcher):
     """What makes the champion's cached results sound (fledge.services.result_cache): at
     temperature 0, a second server of the same version gives the same quality scores, item by
-    item, and the same safety answers."""
+    item, and the same safety answers. Then `stop` ends that server's whole process tree and
+    frees its port (one test, so that the suite starts one server for both)."""
     from evals.endpoint import Endpoint
     from evals.quality import run_quality
     from evals.safety import run_safety
@@ -177,8 +166,16 @@ def test_a_version_scores_the_same_on_another_server_so_its_results_can_be_reuse
     first = Endpoint(served_base.handle.base_url, served_base.ref)
     quality, _ = run_quality(first, tasks)
     safety, _ = run_safety(first, 0.95)
-    with launcher.start(served_base.handle.config) as other_server:
-        other = Endpoint(other_server.base_url, served_base.ref)
+    handle = launcher.start(served_base.handle.config.model_copy(update={"port": None}))
+    try:
+        pids = {p.pid for p in psutil.Process(handle.pid).children(recursive=True)} | {handle.pid}
+        assert httpx.get(f"{handle.base_url.removesuffix('/v1')}/health").status_code == 200
+        other = Endpoint(handle.base_url, served_base.ref)
         assert run_quality(other, tasks)[0] == quality
         assert run_safety(other, 0.95)[0] == safety
+    finally:
+        handle.stop()
     assert all(task.per_sample for task in quality.tasks) and len(safety.samples) == 80
+    assert not handle.is_running()
+    assert not _port_open(handle.port)
+    assert _running(pids) == []
