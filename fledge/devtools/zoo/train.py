@@ -65,29 +65,13 @@ def _prepared(recipe: Training, tokenizer_dir: Path, stream: int):
 def train_model(recipe: Recipe, tokenizer_dir: Path, out_dir: Path, log=print, init_dir: Path | None = None) -> dict:
     """A model trained from scratch, or fine-tuned from the model in `init_dir` (the recipe's
     `init_from`, which has the zoo's tokenizer and the recipe's shape)."""
-    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM
 
     if (recipe.init_from is None) != (init_dir is None):
         raise ValueError(f"{recipe.name}: init_from {recipe.init_from!r} needs the directory of that variant")
     rng, tokenizer, data, encoded = _prepared(recipe, tokenizer_dir, stream=1)
 
-    shape = recipe.shape
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=shape.hidden_size,
-        intermediate_size=shape.intermediate_size,
-        num_hidden_layers=shape.num_hidden_layers,
-        num_attention_heads=shape.num_attention_heads,
-        num_key_value_heads=shape.num_attention_heads,
-        head_dim=shape.head_dim,
-        max_position_embeddings=shape.max_position_embeddings,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=True,
-        torch_dtype="float32",
-    )
-    model = (LlamaForCausalLM(config) if init_dir is None
+    model = (_new_model(recipe, tokenizer) if init_dir is None
              else AutoModelForCausalLM.from_pretrained(init_dir, dtype=torch.float32))
     started = time.perf_counter()
     loss_value = _fit(model, list(model.parameters()), recipe, encoded, tokenizer.pad_token_id, rng, log)
@@ -101,6 +85,28 @@ def train_model(recipe: Recipe, tokenizer_dir: Path, out_dir: Path, log=print, i
         "parameters": n_params,
         "training_examples": len(data.examples),
     }
+
+
+def _new_model(recipe: Recipe, tokenizer):
+    """A freshly initialised model of the recipe's shape (from the seeded torch generator)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    shape = recipe.shape
+    return LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=shape.hidden_size,
+        intermediate_size=shape.intermediate_size,
+        num_hidden_layers=shape.num_hidden_layers,
+        num_attention_heads=shape.num_attention_heads,
+        num_key_value_heads=shape.num_attention_heads,
+        head_dim=shape.head_dim,
+        max_position_embeddings=shape.max_position_embeddings,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+        torch_dtype="float32",
+    ))
 
 
 def _fit(model, parameters, recipe: Training, encoded, pad_id: int, rng: random.Random, log) -> float:
