@@ -1,7 +1,7 @@
 """Calibrate the performance gate: how often it cries wolf, how often it catches a slow model.
 
 A/A: two instances of the zoo's `base` (the same model) compared N times: every FAIL is a
-false alarm. A/B: `improved` against `slow` (same outputs, ~8x the layers) N times: every FAIL
+false alarm. A/B: `improved` against `slow` (same outputs, 4x the layers) N times: every FAIL
 is a detection. Each trial is one full benchmark (alternating blocks, same prompts, the
 policy's interim look and extension) and one gate decision with the default policy, exactly as
 a release runs it. Prints the rates, the ratio figures, how many blocks were measured and the
