@@ -124,21 +124,20 @@ def build_zoo(log: Callable[[str], None] = print, cache_dir: Path | None = None,
             _move_into(staging / "_tokenizer", tokenizer_dir)
         index = {"zoo_hash": digest, "models": dict(index["models"])}
         for name in missing:
+            training = RECIPES.get(name) or ADAPTERS.get(name)
+            if training is not None:
+                init_dir = root / training.init_from if training.init_from else None
+                steps = f"{training.steps} steps{f' from {training.init_from}' if training.init_from else ''}"
             if name in RECIPES:
-                recipe = RECIPES[name]
-                log(f"Training {name} ({recipe.steps} steps{f' from {recipe.init_from}' if recipe.init_from else ''})")
-                init_dir = root / recipe.init_from if recipe.init_from else None
-                details = train_model(recipe, tokenizer_dir, staging / name, log=log, init_dir=init_dir)
-                details["recipe"] = recipe.model_dump()
-                truth = recipe.truth
+                log(f"Training {name} ({steps})")
+                details = train_model(training, tokenizer_dir, staging / name, log=log, init_dir=init_dir)
+                details["recipe"] = training.model_dump()
+                truth = training.truth
             elif name in ADAPTERS:
-                adapter = ADAPTERS[name]
-                log(f"Training the LoRA adapter {name} on {adapter.base} "
-                    f"({adapter.steps} steps{f' from {adapter.init_from}' if adapter.init_from else ''})")
-                init_dir = root / adapter.init_from if adapter.init_from else None
-                details = train_adapter(adapter, root / adapter.base, staging / name, log=log, init_dir=init_dir)
-                details["recipe"] = adapter.model_dump()
-                truth = adapter.truth
+                log(f"Training the LoRA adapter {name} on {training.base} ({steps})")
+                details = train_adapter(training, root / training.base, staging / name, log=log, init_dir=init_dir)
+                details["recipe"] = training.model_dump()
+                truth = training.truth
             else:
                 derived = DERIVED[name]
                 log(f"Deriving {name} from {derived.source}")
