@@ -14,7 +14,8 @@ def test_gpu_schemes_are_refused_on_a_cpu_host_naming_scheme_and_hardware(scheme
     with pytest.raises(SchemeNotServable) as error:
         quantize(tmp_path / "does-not-matter", tmp_path / "out", recipe_for(scheme))
     message = str(error.value)
-    assert scheme in message and "GPU" in message and "AVX2" in message
+    # The host as serving.hardware reads it (CPU features differ between machines: AVX2, AVX-512).
+    assert scheme in message and "GPU" in message and hardware.describe() in message
     assert not (tmp_path / "out").exists()
 
 
