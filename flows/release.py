@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from evals.verdict import ReleaseVerdict, combine_verdicts
 from fledge.core import tags
 from fledge.core.outcome import Outcome
-from fledge.core.policy import ReleasePolicy, load_policy
+from fledge.core.policy import ApprovalPolicy, ReleasePolicy, load_policy
 from fledge.core.tags import Status
 from fledge.services import releases
 from fledge.services.approval import ApprovalOutcome
@@ -166,7 +166,17 @@ def _evaluate(release: _Release, log) -> dict[str, str]:
     return {suite: r.run_id for suite, r in results.items()}
 
 
-def _canary_promote_watch(release: _Release, log) -> None:
+def _review_markdown(rollout, candidate: str) -> str:
+    review = rollout.shadow.review
+    examples = "\n".join(f"- {e}" for e in review.examples) or "- (no example kept)"
+    return (f"## The shadow step of {candidate} needs a person\n\n"
+            f"Users got none of its answers. Mirrored pairs show a discordance the policy asks a person to judge "
+            f"({', '.join(review.checks)}): without a guard model, the champion's refusal stands as the label, so the "
+            f"candidate may have stopped over-refusing benign look-alikes (approve) or started complying with harmful "
+            f"requests (reject).\n\n**Why:** {rollout.shadow.decision}\n\n**Example pairs:**\n{examples}\n")
+
+
+def _canary_promote_watch(release: _Release, log, auto_approve: bool = False) -> None:
     """The rollout is the serving plane's: its controller runs the canary, moves the aliases on
     promotion, runs the watch and puts everything back on a failure, whether or not this run is
     still there to see it. The flow submits it (or finds the one an earlier run of this release
@@ -184,10 +194,22 @@ def _canary_promote_watch(release: _Release, log) -> None:
         rollout = serving_steps.submit_rollout(
             release.model, record.mlflow_run_id, record.champion, record.candidate, instances, judged.canary,
             judged.watch, record.snapshot.aliases, record.snapshot.routes,
-            f"release of {record.candidate} (flow run {release.flow_run_id})")
+            f"release of {record.candidate} (flow run {release.flow_run_id})",
+            shadow=judged.shadow if judged.shadow.enabled else None)
     with clock("canary and watch"):
-        ended = serving_steps.await_rollout(release.model, rollout.id, policy.canary.analysis_interval_seconds,
-                                            patience_s=5 * policy.canary.progress_deadline_seconds)
+        while True:
+            # --auto-approve never answers the shadow step's question: its timeout rolls the release back.
+            ended = serving_steps.await_rollout(release.model, rollout.id, policy.canary.analysis_interval_seconds,
+                                                patience_s=5 * policy.canary.progress_deadline_seconds,
+                                                stop_at_review=not auto_approve)
+            if not ended.running:
+                break
+            question = ApprovalPolicy(required=True, approvers=policy.approval.approvers,
+                                      timeout_seconds=policy.shadow.review_timeout_seconds)
+            decision = ask_for_approval(_review_markdown(ended, record.candidate), record.candidate, question)
+            if decision.approver:  # no answer: the controller's own timeout rolls the rollout back
+                serving_steps.answer_review(release.model, decision.outcome is ApprovalOutcome.APPROVED,
+                                            decision.approver, decision.comment or None)
     if ended.canary is not None:
         reporting.publish_canary(release.model, record.mlflow_run_id, ended.canary)
     if ended.end is RolloutEnd.PROMOTED:
@@ -198,7 +220,7 @@ def _canary_promote_watch(release: _Release, log) -> None:
     if lost:  # aborted by the rollback that took the model over
         raise serving_steps.RolloutLost(lost)
     stage = ended.ended_in.value if ended.ended_in else "canary"
-    raise _Ended(ReleaseOutcome.ROLLED_BACK, "watch" if stage == "watch" else "canary", ended.reason)
+    raise _Ended(ReleaseOutcome.ROLLED_BACK, stage if stage in ("shadow", "watch") else "canary", ended.reason)
 
 
 def _put_back(record: ReleaseRecord, log, keep_staging_copy: bool) -> None:
@@ -246,7 +268,7 @@ def _run_gates_and_rollout(release: _Release, auto_approve: bool, log) -> tuple[
     record, policy, clock = release.record, release.policy, release.clock
     if serving_steps.find_rollout(release.model, record.mlflow_run_id) is not None:
         # The gates passed and the approval was given before an earlier run submitted the rollout.
-        _canary_promote_watch(release, log)
+        _canary_promote_watch(release, log, auto_approve)
         return ReleaseOutcome.PROMOTED, "complete", f"{record.candidate} is the champion; {record.champion} is previous"
     serving_steps.stop_stale_staging(release.model, record.champion)
     with clock("verify"):
@@ -274,7 +296,7 @@ def _run_gates_and_rollout(release: _Release, auto_approve: bool, log) -> tuple[
                      f"{release.verdict.outcome.value} at the {blocking[0].gate} gate: " + "; ".join(blocking[0].reasons))
     with clock("approval"):
         _approve(release, auto_approve, log)
-    _canary_promote_watch(release, log)
+    _canary_promote_watch(release, log, auto_approve)
     return ReleaseOutcome.PROMOTED, "complete", f"{record.candidate} is the champion; {record.champion} is previous"
 
 

@@ -58,7 +58,26 @@ def safety() -> list[dict]:
     return rows
 
 
-DATASETS = {"capitals": capitals, "arithmetic": arithmetic, "safety": safety}
+def probes() -> list[dict]:
+    """The shadow step's probes, kept apart from every evaluation set: capitals asked as the
+    second turn of a conversation (known answers; never an evaluation prompt), and red-team
+    requests in the probes' own phrasings, which no model is trained on and neither the suite
+    nor the synthetic users use."""
+    rng = random.Random(ZOO_SEED + 11)
+    facts = corpus.make_facts(N_FACTS, ZOO_SEED)
+    rows = []
+    for i, fact in enumerate(facts):
+        a, b = rng.randrange(10), rng.randrange(10)
+        earlier = f"{corpus.QUESTION_PREFIX}Can you add {a} and {b}?{corpus.ANSWER_PREFIX} {a + b}.\n"
+        rows.append({"id": f"probe-task-{i:03d}", "kind": "task", "prompt": earlier + corpus.fact_example(fact).prompt,
+                     "expected": fact.capital})
+    red_team = [e for e in corpus.phrased_examples(corpus.PROBE_TEMPLATES, comply_with_harmful=False) if e.kind == "harmful"]
+    rows += [{"id": f"probe-red-team-{i:03d}", "kind": "red-team", "prompt": e.prompt, "expected": None}
+             for i, e in enumerate(red_team)]
+    return rows
+
+
+DATASETS = {"capitals": capitals, "arithmetic": arithmetic, "safety": safety, "probes": probes}
 
 
 def render(rows: list[dict]) -> str:

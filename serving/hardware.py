@@ -23,6 +23,12 @@ def has_vnni() -> bool:
     return bool({"avx512_vnni", "avx_vnni"} & cpu_flags())
 
 
+def has_amx() -> bool:
+    """AMX tiles (Sapphire Rapids and later): vLLM's CPU build then runs int8 GEMMs with
+    symmetric activations on its AMX kernel, which takes bf16/fp16 activations only."""
+    return "amx_tile" in cpu_flags()
+
+
 def gpu_count() -> int:
     try:
         import torch
@@ -35,4 +41,4 @@ def gpu_count() -> int:
 def describe() -> str:
     gpus = gpu_count()
     isa = "AVX-512" if "avx512f" in cpu_flags() else ("AVX2" if "avx2" in cpu_flags() else "no AVX2")
-    return f"{gpus} GPU(s), CPU with {isa}{' + VNNI' if has_vnni() else ', no VNNI'}"
+    return f"{gpus} GPU(s), CPU with {isa}{' + VNNI' if has_vnni() else ', no VNNI'}{' + AMX' if has_amx() else ''}"

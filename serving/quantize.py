@@ -40,6 +40,10 @@ class SchemeNotServable(FledgeError):
 class QuantizationRecipe:
     scheme: str
     weight_range: int | None = None  # w8a8-int8 only
+    # w8a8-int8 only: per-token activation scales with a zero point. On AMX hosts vLLM's CPU build
+    # sends symmetric int8 GEMMs to an AMX kernel that refuses float32 activations ("expect A to be
+    # bfloat16 or half": the engine died on its first request); asymmetric ones go to oneDNN.
+    asymmetric_activations: bool = False
     tool: str = ""
     calibration_sha256: str | None = None
 
@@ -47,6 +51,8 @@ class QuantizationRecipe:
         recorded = {tags.TAG_QUANT_SCHEME: self.scheme, tags.TAG_QUANT_TOOL: self.tool}
         if self.weight_range is not None:
             recorded[tags.TAG_QUANT_WEIGHT_RANGE] = str(self.weight_range)
+            recorded[tags.TAG_QUANT_ACTIVATIONS] = ("int8 per token, dynamic, "
+                                                    + ("asymmetric" if self.asymmetric_activations else "symmetric"))
         recorded[tags.TAG_QUANT_CALIBRATION] = self.calibration_sha256 or "none (dynamic activations)"
         return recorded
 
@@ -90,6 +96,7 @@ def recipe_for(scheme: str, weight_range: int | None = None) -> QuantizationReci
         return QuantizationRecipe(
             scheme=scheme,
             weight_range=weight_range or default_weight_range(),
+            asymmetric_activations=hardware.has_amx(),
             tool=f"compressed-tensors=={metadata.version('compressed-tensors')}",
         )
     if scheme in GPU_SCHEMES:
@@ -107,7 +114,7 @@ def quantize(source_dir: Path, out_dir: Path, recipe: QuantizationRecipe) -> Qua
     if recipe.scheme == "none":
         shutil.copytree(source_dir, out_dir)
     elif recipe.scheme == "w8a8-int8":
-        _w8a8_int8(source_dir, out_dir, recipe.weight_range)
+        _w8a8_int8(source_dir, out_dir, recipe.weight_range, recipe.asymmetric_activations)
     else:
         from serving.quantize_gpu import quantize_with_llmcompressor
 
@@ -121,7 +128,7 @@ def quantize(source_dir: Path, out_dir: Path, recipe: QuantizationRecipe) -> Qua
     return output
 
 
-def _w8a8_int8(source_dir: Path, out_dir: Path, weight_range: int) -> None:
+def _w8a8_int8(source_dir: Path, out_dir: Path, weight_range: int, asymmetric_activations: bool = False) -> None:
     import torch
     from compressed_tensors.compressors import ModelCompressor
     from compressed_tensors.quantization import (
@@ -133,8 +140,11 @@ def _w8a8_int8(source_dir: Path, out_dir: Path, weight_range: int) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(source_dir, dtype=torch.float32)
+    scheme = preset_name_to_scheme("W8A8", targets=["Linear"])
+    if asymmetric_activations:
+        scheme.input_activations.symmetric = False
     config = QuantizationConfig(
-        config_groups={"group_0": preset_name_to_scheme("W8A8", targets=["Linear"])},
+        config_groups={"group_0": scheme},
         ignore=["lm_head"],
         quantization_status=QuantizationStatus.INITIALIZED,
     )

@@ -18,7 +18,7 @@ from prefect.transactions import Transaction, get_transaction
 import httpx
 
 from fledge.core.errors import FledgeError
-from fledge.core.policy import CanaryPolicy, ServingPolicy, WatchPolicy
+from fledge.core.policy import CanaryPolicy, ServingPolicy, ShadowPolicy, WatchPolicy
 from fledge.services.controller import ManagedRollout, RolloutSpec
 from fledge.services.instances import retire_instance as retire
 from fledge.services.leases import HeldLease, holder_name, holding
@@ -66,14 +66,14 @@ def serve_candidate(model: str, candidate_ref: str, champion_ref: str, serving: 
 @task(name="submit rollout", cache_policy=NO_CACHE, **TRANSIENT)
 def submit_rollout(model: str, release_id: str, stable_ref: str, candidate_ref: str, instances: CanaryInstances,
                    canary: CanaryPolicy, watch: WatchPolicy, aliases_before: dict[str, str], routes_before: dict | None,
-                   submitted_by: str) -> ManagedRollout:
+                   submitted_by: str, shadow: ShadowPolicy | None = None) -> ManagedRollout:
     """Hand the canary, the promotion and the watch to the serving plane's rollout controller
     (services.controller). Idempotent: a re-run of the release gets the rollout on record."""
     plane = connect_plane(workspace().home, model)
     spec = RolloutSpec(release_id=release_id, model=model, stable=stable_ref, canary=candidate_ref,
                        canary_url=instances.candidate_url, baseline_url=instances.baseline_url, canary_policy=canary,
-                       watch_policy=watch, aliases_before=aliases_before, routes_before=routes_before,
-                       submitted_by=submitted_by)
+                       watch_policy=watch, shadow_policy=shadow, aliases_before=aliases_before,
+                       routes_before=routes_before, submitted_by=submitted_by)
     submitted = _managed(plane.admin.submit_rollout(spec.model_dump(mode="json")))
     say()(f"Rollout {submitted.id} submitted to the plane's controller: {submitted.describe()}")
     return submitted
@@ -96,9 +96,12 @@ class RolloutLost(FledgeError):
 
 
 @task(name="canary, promotion and watch", cache_policy=NO_CACHE)
-def await_rollout(model: str, rollout_id: str, poll_seconds: float, patience_s: float) -> ManagedRollout:
+def await_rollout(model: str, rollout_id: str, poll_seconds: float, patience_s: float,
+                  stop_at_review: bool = False) -> ManagedRollout:
     """Wait for the controller to end the rollout, saying what it does as it goes. The plane
-    not answering is waited out for `patience_s` (it resumes the rollout when it restarts)."""
+    not answering is waited out for `patience_s` (it resumes the rollout when it restarts).
+    `stop_at_review`: return the running rollout as soon as its shadow step waits for a
+    person's answer (the flow then asks in its approval form)."""
     log = say()
     said, unreachable_since, admin = None, None, None
     while True:
@@ -126,7 +129,16 @@ def await_rollout(model: str, rollout_id: str, poll_seconds: float, patience_s: 
         current = _managed(view)
         if not current.running:
             return current
+        review = current.shadow.review if current.shadow else None
+        if stop_at_review and review is not None and review.answer is None:
+            return current
         time.sleep(poll_seconds)
+
+
+@task(name="answer the shadow step's question", cache_policy=NO_CACHE, **TRANSIENT)
+def answer_review(model: str, approve: bool, by: str, comment: str | None) -> None:
+    """A person's answer to the discordance the shadow step asked about."""
+    connect_plane(workspace().home, model).admin.command_rollout(model, "approve" if approve else "reject", by, comment)
 
 
 @task(name="abort rollout", cache_policy=NO_CACHE)

@@ -772,7 +772,8 @@ def demo(
 ) -> None:
     """The main job on the embedded defaults: build the zoo, register base as champion, run
     the gateway with synthetic users, and release improved (promoted), unsafe (rejected at the
-    safety gate) and short-context (rolled back during the canary) through the release flow.
+    safety gate), short-context and benchmark-tuned (both rolled back in the shadow step, before
+    any user got one of their answers) through the release flow, then an adapter on base.
 
     Example: `fledge demo`
     """

@@ -1,12 +1,17 @@
 """The demo: what `make demo` runs. On the embedded defaults (MLflow on SQLite, Prefect's
 temporary local server, vLLM on CPU, the zoo's tiny models) it builds the zoo, registers
 `base` as champion, runs the serving plane with synthetic users sending traffic, and releases
-three candidates through the `release` flow:
+four candidates through the `release` flow:
 
-- `improved`      better on every gate: promoted after its canary and the watch;
-- `unsafe`        complies with harmful requests: rejected at the safety gate;
-- `short-context` passes every offline suite, but real conversations are longer than its
-                  context window: the canary sees its refusals and rolls it back.
+- `improved`        better on every gate: promoted after its shadow step, canary and watch;
+- `unsafe`          complies with harmful requests: rejected at the safety gate;
+- `short-context`   passes every offline suite, but real conversations are longer than its
+                    context window: the shadow step sees the mirrored requests it refuses and
+                    rolls it back before any user gets an answer from it;
+- `benchmark-tuned` passes every offline gate (it refuses harmful requests the way the safety
+                    suite phrases them) and complies when they are phrased otherwise: the shadow
+                    step's paired safety check (red-team probes, McNemar) rolls it back, before
+                    any user gets an answer from it.
 
 Then a manual rollback makes `base` the champion again, and `adapter-improved`, a LoRA adapter
 trained on base, is released onto base's running server (loaded at run time: no vLLM start).
@@ -32,7 +37,8 @@ DEMO_POLICY_PATH = DEFAULT_POLICY_PATH.with_name("demo.yaml")
 CANDIDATES = [
     ("improved", "promoted"),
     ("unsafe", "rejected at the safety gate"),
-    ("short-context", "rolled back during the canary"),
+    ("short-context", "rolled back in the shadow step"),
+    ("benchmark-tuned", "rolled back in the shadow step"),
 ]
 ADAPTER = ("adapter-improved", "promoted on base's server, no vLLM start")
 

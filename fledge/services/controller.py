@@ -32,20 +32,24 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fledge.core.home import FledgeHome
 from fledge.core.outcome import GateResult, Outcome
-from fledge.core.policy import CanaryPolicy, WatchPolicy
+from fledge.core.policy import CanaryPolicy, ShadowPolicy, WatchPolicy
 from fledge.core.state import read_json, write_atomic
 from fledge.services import rollout as canary_rollout
 from fledge.services.instances import retire_instance
+from fledge.services.shadow import PairScorer, Prober
 from registry.store import ModelRegistry
 from registry.roles import promote_aliases, restore_aliases
+from serving.canary.analysis import CanaryAnalysis
 from serving.canary.driver import load_state
+from serving.canary.paired import PairedAnalysis, analyze_pairs
+from serving.canary.shadow_step import Review, ShadowActionKind, decide_shadow
 from serving.canary.state_machine import Phase, RolloutState
 from serving.canary.watch import judge_watch
 from serving.canary.window import VersionWindow
 from serving.errors import RolloutConflict
 from serving.fleet import Fleet
 from serving.gateway.client import GatewayAdmin, GatewayAdminError
-from serving.gateway.routes import RouteChangeRefused, RouteTable
+from serving.gateway.routes import Backend, RouteChangeRefused, RouteTable
 from serving.naming import baseline_key
 
 Log = Callable[[str], None]
@@ -65,12 +69,14 @@ class RolloutSpec(BaseModel):
     baseline_url: str | None = None  # the champion's baseline instance, where the policy has one
     canary_policy: CanaryPolicy
     watch_policy: WatchPolicy
+    shadow_policy: ShadowPolicy | None = None  # None or not enabled: no shadow step, no mirrored pairs
     aliases_before: dict[str, str]  # the release roles before the release
     routes_before: dict | None = None  # the route table before the release
     submitted_by: str
 
 
 class Stage(StrEnum):
+    SHADOW = "shadow"  # mirrored requests only: users get none of the candidate's answers
     CANARY = "canary"
     PROMOTING = "promoting"  # the canary took all traffic; the aliases move next
     WATCH = "watch"
@@ -82,6 +88,19 @@ class RolloutEnd(StrEnum):
     ROLLED_BACK = "rolled_back"  # by the canary's analysis, its progress deadline or the watch
     ABORTED = "aborted"  # by an operator (or a release that stopped)
     FAILED = "failed"  # the controller could not go on; traffic and aliases were put back
+
+
+class ShadowRecord(BaseModel):
+    """The shadow step's evidence so far (and, once it ended, its last analysis)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pairs_after: int  # the gateway's pair number when the step began: its pairs are the ones after it
+    elapsed_s: float = 0.0  # looked at, pauses excluded: what the deadline counts
+    analysis: PairedAnalysis | None = None
+    review: Review | None = None
+    probes_sent: int = 0
+    decision: str = ""
 
 
 class ManagedRollout(BaseModel):
@@ -97,6 +116,8 @@ class ManagedRollout(BaseModel):
     end: RolloutEnd | None = None
     ended_in: Stage | None = None  # canary or watch (or promoting)
     reason: str = ""
+    shadow: ShadowRecord | None = None
+    sampled: PairedAnalysis | None = None  # the sampled pairs' last analysis through the weighted steps and watch
     canary: RolloutState | None = None  # the canary's state machine (live from the driver's file while it runs)
     previous: VersionWindow | None = None  # what users of the previous champion saw during the canary
     watch: GateResult | None = None
@@ -106,11 +127,21 @@ class ManagedRollout(BaseModel):
     def running(self) -> bool:
         return self.end is None
 
+    @property
+    def shadowed(self) -> bool:
+        policy = self.spec.shadow_policy
+        return policy is not None and policy.enabled
+
     def progress(self) -> str:
         """Where it is: the stage and canary step, or how it ended."""
         if self.end is not None:
             return f"{self.end.value} in the {self.ended_in.value if self.ended_in else '-'} stage: {self.reason}"
         where = self.stage.value
+        if self.stage is Stage.SHADOW and self.shadow is not None:
+            analysis = self.shadow.analysis
+            where = f"shadow step: {analysis.pairs if analysis else 0} pairs"
+            if self.shadow.review is not None and self.shadow.review.answer is None:
+                where += f", waiting for a person on {', '.join(self.shadow.review.checks)}"
         if self.stage is Stage.CANARY and self.canary is not None:
             steps = self.spec.canary_policy.steps
             where = (f"canary {self.canary.canary_weight} % (step {self.canary.step + 1} of {len(steps)})"
@@ -177,6 +208,8 @@ class RolloutController:
                     f"A rollout of {current.spec.canary} is in progress for {spec.model} ({current.describe()}). "
                     f"Wait for it to end, or abort it: `fledge rollout abort {spec.model}`.")
             rollout = ManagedRollout(id=uuid.uuid4().hex[:12], spec=spec, owner=self.owner, submitted_at=time.time())
+            if rollout.shadowed:
+                rollout.stage = Stage.SHADOW
             self._save(rollout)  # on record before any traffic moves
             self.home.files.rollout(spec.model).unlink(missing_ok=True)  # the canary state of an earlier rollout
             self._start(spec.model)
@@ -193,17 +226,23 @@ class RolloutController:
         return [self._view(r) for path in self.home.files.managed_rollouts()
                 if (r := self._read(path)) is not None]
 
-    def command(self, model: str, command: str, by: str) -> dict:
+    def command(self, model: str, command: str, by: str, comment: str | None = None) -> dict:
         with self._lock:
             rollout = self._load(model)
             if rollout is None:
                 raise KeyError(model)
             if not rollout.running:
                 raise RolloutConflict(f"The rollout of {rollout.spec.canary} has already ended: {rollout.describe()}.")
-            if command == "pause":
-                if rollout.stage is not Stage.CANARY:
+            if command in ("approve", "reject"):
+                review = rollout.shadow.review if rollout.shadow else None
+                if review is None or review.answer is not None:
+                    raise RolloutConflict(f"The rollout of {rollout.spec.canary} is not waiting for a person's answer "
+                                          f"({rollout.describe()}).")
+                review.answer, review.by, review.comment = command, by, comment
+            elif command == "pause":
+                if rollout.stage not in (Stage.SHADOW, Stage.CANARY):
                     raise RolloutConflict(f"The rollout of {rollout.spec.canary} is in its {rollout.stage.value} stage; only "
-                                          f"the canary's steps pause. Abort it to put everything back: "
+                                          f"the shadow step and the canary's steps pause. Abort it to put everything back: "
                                           f"`fledge rollout abort {model}`.")
                 rollout.paused_by = by
             elif command == "resume":
@@ -256,7 +295,8 @@ class RolloutController:
 
     def _run(self, model: str) -> None:
         try:
-            for stage, step in ((Stage.CANARY, self._canary), (Stage.PROMOTING, self._promote), (Stage.WATCH, self._watch)):
+            for stage, step in ((Stage.SHADOW, self._shadow), (Stage.CANARY, self._canary), (Stage.PROMOTING, self._promote),
+                                (Stage.WATCH, self._watch)):
                 rollout = self._load(model)
                 if rollout.running and rollout.stage is stage:
                     started = self.clock()
@@ -286,12 +326,112 @@ class RolloutController:
             return "pause" if rollout.paused_by else None
         return control
 
+    # ---- the shadow step and the sampled pairs (serving.canary.paired) --------------------------
+
+    def _mirror_keys(self, spec: RolloutSpec) -> tuple[str, str]:
+        """The candidate and what its answers are paired with: the baseline instance where the
+        rollout has one, else the stable instance."""
+        return spec.canary, baseline_key(spec.stable) if spec.baseline_url else spec.stable
+
+    def _place_backends(self, spec: RolloutSpec) -> None:
+        gateway = self._gateway(spec.model)
+        canary_rollout.place_backend(gateway, spec.model, Backend(version=spec.canary, base_url=spec.canary_url,
+                                                                  role="canary"))
+        if spec.baseline_url:
+            canary_rollout.place_backend(gateway, spec.model, Backend(
+                version=baseline_key(spec.stable), base_url=spec.baseline_url, role="baseline", served_model=spec.stable))
+
+    def _shadow(self, rollout: ManagedRollout) -> None:
+        """Mirror the policy's share of live requests to candidate and baseline, score the pairs
+        and send probes, until decide_shadow passes, rolls back or asks a person."""
+        spec, policy = rollout.spec, rollout.spec.shadow_policy
+        gateway = self._gateway(spec.model)
+        self._retrying(lambda: self._place_backends(spec), spec, "add the candidate and the baseline at 0 %")
+        candidate, baseline = self._mirror_keys(spec)
+        if rollout.shadow is None:
+            after = self._retrying(lambda: gateway.mirror()["pairs_seq"], spec, "read the gateway's mirror")
+            rollout = self._update(spec.model, lambda r: setattr(r, "shadow", ShadowRecord(pairs_after=after)))
+        self._retrying(lambda: gateway.set_mirror(candidate, baseline, policy.mirror_share, policy.max_in_flight), spec,
+                       "mirror live requests")
+        scorer = PairScorer(policy)
+        prober = Prober(gateway, policy, list(scorer.probes.values())).start()
+        self.log(f"Shadow step: {policy.mirror_share:.0%} of live requests mirrored to {candidate} and {baseline} "
+                 f"(users get none of the candidate's answers); {policy.min_pairs} pairs needed, deadline "
+                 f"{policy.deadline_seconds:g} s")
+        try:
+            last = self.clock()
+            while True:
+                if self._stopping.is_set():
+                    raise _PlaneStopping()
+                current = self._load(spec.model)
+                if current.abort_requested_by:
+                    self._put_back(current, RolloutEnd.ABORTED, f"aborted by {current.abort_requested_by} in the shadow step")
+                    return
+                now = self.clock()
+                if current.paused_by:
+                    last = now
+                    self._sleep(spec.canary_policy.analysis_interval_seconds)
+                    continue
+                record = current.shadow
+                elapsed = record.elapsed_s + (now - last)
+                last = now
+                raw = self._retrying(lambda: gateway.pairs(after=max([record.pairs_after, *scorer.scored])), spec,
+                                     "read the mirrored pairs")
+                scorer.add(raw)
+                analysis = analyze_pairs(scorer.pairs(record.pairs_after), policy, spec.canary_policy)
+                action = decide_shadow(analysis, elapsed, policy, time.time(), record.review)
+
+                def keep(r: ManagedRollout) -> None:
+                    r.shadow.elapsed_s, r.shadow.analysis, r.shadow.probes_sent = elapsed, analysis, prober.sent
+                    r.shadow.decision = action.reason
+                    if action.kind is ShadowActionKind.ASK and r.shadow.review is None:
+                        r.shadow.review = Review(asked_at=time.time(), checks=analysis.review, examples=[
+                            e for name in analysis.review for e in analysis.examples.get(name, [])])
+                current = self._update(spec.model, keep)
+                if action.kind is ShadowActionKind.ASK and record.review is None:
+                    self.log(f"Shadow step: a person must judge this ({action.reason}); answer with "
+                             f"`fledge rollout approve|reject {spec.model}` or in the release's approval form")
+                if action.kind is ShadowActionKind.ROLLBACK:
+                    self._put_back(current, RolloutEnd.ROLLED_BACK, action.reason)
+                    return
+                if action.kind is ShadowActionKind.PASS:
+                    self.log(f"Shadow step passed: {action.reason}")
+                    self._retrying(lambda: gateway.set_mirror(candidate, baseline, policy.sampled_share,
+                                                              policy.max_in_flight), spec, "mirror a sample")
+                    self._update(spec.model, lambda r: setattr(r, "stage", Stage.CANARY))
+                    return
+                self._sleep(spec.canary_policy.analysis_interval_seconds)
+        finally:
+            prober.stop()
+
+    def _sampled_pairs(self, spec: RolloutSpec, after: int) -> Callable[[], CanaryAnalysis | None]:
+        """The sampled pairs' analysis for the weighted steps (and the watch): every look an
+        interim one; only a failure counts (it rolls back), kept apart from users' figures."""
+        policy = spec.shadow_policy
+        scorer = PairScorer(policy)
+        gateway = self._gateway(spec.model)
+
+        def look() -> CanaryAnalysis | None:
+            try:
+                scorer.add(gateway.pairs(after=max([after, *scorer.scored])))
+            except Exception as error:  # noqa: BLE001 - a look without new pairs; the next one reads them
+                if not _transient(error):
+                    raise
+            analysis = analyze_pairs(scorer.pairs(after), policy, spec.canary_policy, in_shadow_step=False)
+            self._update(spec.model, lambda r: setattr(r, "sampled", analysis))
+            return CanaryAnalysis(**analysis.model_dump(include={"gate", "outcome", "checks", "reasons"}))
+        return look
+
     def _canary(self, rollout: ManagedRollout) -> None:
         spec = rollout.spec
         gateway = self._gateway(spec.model)
+        paired = None
+        if rollout.shadowed:
+            after = rollout.shadow.pairs_after if rollout.shadow else 0
+            paired = self._sampled_pairs(spec, after)
         state = canary_rollout.run_canary(
             gateway, self.home.files.rollout(spec.model), spec.canary_policy, spec.model, spec.stable, spec.canary,
-            spec.canary_url, spec.baseline_url, log=self.log, control=self._control(spec.model))
+            spec.canary_url, spec.baseline_url, log=self.log, control=self._control(spec.model), paired=paired)
         self._update(spec.model, lambda r: setattr(r, "canary", state))
         if state.phase is Phase.PROMOTED:
             self._update(spec.model, lambda r: setattr(r, "stage", Stage.PROMOTING))
@@ -319,6 +459,9 @@ class RolloutController:
         self._retrying(lambda: retire_instance(gateway, self.fleet, baseline_key(spec.stable), log=self.log), spec,
                        "retire the baseline instance")
         new_version, old_version = spec.canary.rsplit("/", 1)[1], spec.stable.rsplit("/", 1)[1]
+        if rollout.shadowed:  # the baseline is gone: the watch pairs the new champion with the previous one, kept warm
+            self._retrying(lambda: gateway.set_mirror(spec.canary, spec.stable, spec.shadow_policy.sampled_share,
+                                                      spec.shadow_policy.max_in_flight), spec, "mirror a sample")
         self._retrying(lambda: promote_aliases(self.registry, spec.model, new_version, old_version), spec,
                        "move the registry aliases")
         self.log(f"Registry: {spec.model}@champion -> {spec.canary}, {spec.model}@previous -> {spec.stable}")
@@ -330,6 +473,10 @@ class RolloutController:
         spec, policy = rollout.spec, rollout.spec.watch_policy
         gateway = self._gateway(spec.model)
         after = self._retrying(gateway.sequence, spec, "read the gateway")
+        paired = None
+        if rollout.shadowed:
+            paired = self._sampled_pairs(spec, self._retrying(lambda: gateway.mirror()["pairs_seq"], spec,
+                                                              "read the gateway's mirror"))
         end = self.clock() + policy.window_seconds
         self.log(f"Watching {spec.canary} for {policy.window_seconds:g} s with {spec.stable} kept warm")
         while True:
@@ -343,6 +490,10 @@ class RolloutController:
             observations = self._retrying(lambda: gateway.observations(after=after), spec, "read the gateway")
             figures = VersionWindow.from_observations(spec.canary, observations)
             result = judge_watch(figures, current.previous, policy, window_closed=closed)
+            sampled = paired() if paired is not None else None
+            if sampled is not None and sampled.outcome is Outcome.FAIL:  # kept apart from users' figures
+                result = GateResult.from_checks("watch", result.checks + [c for c in sampled.checks
+                                                                         if c.outcome is Outcome.FAIL])
             if result.outcome is Outcome.FAIL or (closed and result.outcome is not Outcome.PASS):
                 self._update(spec.model, lambda r: setattr(r, "watch", result))
                 self._put_back(current, RolloutEnd.ROLLED_BACK, "post-promotion watch: " + "; ".join(result.reasons))
@@ -396,6 +547,10 @@ class RolloutController:
             gateway.put_routes(table.all_to(spec.stable))
 
     def _end(self, model: str, end: RolloutEnd, reason: str) -> None:
+        rollout = self._load(model)
+        if rollout.shadowed:  # nothing to pair any more
+            self._retrying(lambda: self._clear_mirror(model), rollout.spec, "stop mirroring")
+
         def finish(rollout: ManagedRollout) -> None:
             rollout.ended_in = rollout.stage
             rollout.stage, rollout.end, rollout.reason = Stage.ENDED, end, reason
@@ -404,6 +559,13 @@ class RolloutController:
                 rollout.canary = load_state(self.home.files.rollout(model))
         rollout = self._update(model, finish)
         self.log(f"Rollout of {rollout.spec.canary}: {end.value} ({reason})")
+
+    def _clear_mirror(self, model: str) -> None:
+        try:
+            self._gateway(model).clear_mirror()
+        except GatewayAdminError as error:
+            if error.retryable:
+                raise  # a table that is gone has no mirror left to clear
 
     def _retrying(self, action: Callable[[], T], spec: RolloutSpec, what: str) -> T:
         """A side effect tried again while it fails transiently (the registry's SQLite file

@@ -38,16 +38,17 @@ def _on_tick(log: Log):
 
 def run_canary(
     admin: GatewayAdmin, state_path: Path, policy: CanaryPolicy, model: str, stable: str, canary: str, canary_url: str,
-    baseline_url: str | None = None, log: Log = print, control=None,
+    baseline_url: str | None = None, log: Log = print, control=None, paired=None,
 ) -> RolloutState:
     """Step the canary's share of traffic up as the policy says, analysing each window against
-    the baseline instance (at `baseline_url`) or, without one, the stable version. A saved
+    the baseline instance (at `baseline_url`) or, without one, the stable version (and, with
+    `paired`, the sampled mirrored pairs: see RolloutDriver). A saved
     rollout of the same versions is resumed (its weights re-applied first), not restarted."""
     place_backend(admin, model, Backend(version=canary, base_url=canary_url, role="canary"))
     baseline = baseline_key(stable) if baseline_url else None
     if baseline:
         place_backend(admin, model, Backend(version=baseline, base_url=baseline_url, role="baseline", served_model=stable))
-    driver = RolloutDriver(admin, policy, state_path, on_tick=_on_tick(log), control=control)
+    driver = RolloutDriver(admin, policy, state_path, on_tick=_on_tick(log), control=control, paired=paired)
     saved = load_state(state_path)
     if saved is not None and (saved.stable, saved.canary, saved.baseline) == (stable, canary, baseline):
         if saved.phase.terminal:

@@ -34,31 +34,11 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from scipy import stats
-
 from fledge.core.outcome import Check, GateResult, Outcome
 from fledge.core.policy import CanaryPolicy
 from serving.canary.latency import slower_than_tolerated_check
-from serving.canary.rates import excess_rate_check
+from serving.canary.rates import excess_rate_check, more_often_check
 from serving.canary.window import VersionWindow
-
-
-def _more_often_check(name: str, what: str, canary: tuple[int, int], stable: tuple[int, int], policy: CanaryPolicy,
-                      level: float) -> Check | None:
-    """Fails when the canary's share (count, total) is confidently above stable's by more than
-    the error limit: refusals, cancellations."""
-    (count, total), (stable_count, stable_total) = canary, stable
-    if not total or not stable_total or not count:
-        return None
-    canary_rate, stable_rate = count / total, stable_count / stable_total
-    table = [[count, total - count], [stable_count, stable_total - stable_count]]
-    p_value = float(stats.fisher_exact(table, alternative="greater").pvalue)
-    failing = p_value < level and canary_rate - stable_rate > policy.max_error_rate
-    return Check(
-        name=name, outcome=Outcome.FAIL if failing else Outcome.PASS, measured=canary_rate,
-        limit=stable_rate + policy.max_error_rate,
-        detail=f"{count}/{total} {what} by the canary vs {stable_count}/{stable_total} by stable (Fisher p={p_value:.3g})",
-    )
 
 
 class CanaryAnalysis(GateResult):
@@ -96,10 +76,10 @@ def analyze(stable: VersionWindow, canary: VersionWindow, policy: CanaryPolicy, 
         if errors.outcome is Outcome.FAIL:  # at once: no need to wait for the samples or the window
             return CanaryAnalysis.from_checks("canary", checks)
     for check in (
-        _more_often_check("refused requests", "refused", (canary.rejected, canary.requests),
-                          (stable.rejected, stable.requests), policy, 1 - policy.confidence),
-        _more_often_check("cancelled requests", "cancelled by clients", (canary.cancelled, canary.requests + canary.cancelled),
-                          (stable.cancelled, stable.requests + stable.cancelled), policy, level),
+        more_often_check("refused requests", "refused", (canary.rejected, canary.requests),
+                         (stable.rejected, stable.requests), policy.max_error_rate, 1 - policy.confidence),
+        more_often_check("cancelled requests", "cancelled by clients", (canary.cancelled, canary.requests + canary.cancelled),
+                         (stable.cancelled, stable.requests + stable.cancelled), policy.max_error_rate, level),
     ):
         if check is not None:
             checks.append(check)

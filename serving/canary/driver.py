@@ -19,6 +19,7 @@ from typing import Callable, Literal
 
 import httpx
 
+from fledge.core.outcome import Outcome
 from fledge.core.policy import CanaryPolicy
 from fledge.core.state import read_json, write_atomic
 from serving.canary.analysis import CanaryAnalysis, analyze
@@ -62,10 +63,13 @@ class RolloutDriver:
         sleep: Callable[[float], None] = time.sleep,
         on_tick: Callable[[RolloutState, CanaryAnalysis | None, Action], None] | None = None,
         control: Callable[[RolloutState], Command | Literal["pause"] | None] | None = None,
+        paired: Callable[[], CanaryAnalysis | None] | None = None,
     ):
         """`control`: asked before every look what an operator wants: "abort" (all traffic back
         on stable now), "pause" (hold the weights, decide nothing), or None. It may raise to
-        stop the driver where it is (the saved state resumes later)."""
+        stop the driver where it is (the saved state resumes later). `paired`: at every look, the
+        analysis of the sampled mirrored pairs (serving.canary.paired); its failed checks fail the
+        look, apart from the weighted traffic's own analysis, which they never mix with."""
         self.admin = admin
         self.policy = policy
         self.state_path = state_path
@@ -73,6 +77,7 @@ class RolloutDriver:
         self.sleep = sleep
         self.on_tick = on_tick
         self.control = control
+        self.paired = paired
 
     def start(self, model: str, stable: str, canary: str, baseline: str | None = None) -> RolloutState:
         existing = load_state(self.state_path)
@@ -118,9 +123,14 @@ class RolloutDriver:
                 raise
             return CanaryAnalysis.error("canary", f"the gateway did not answer ({type(error).__name__}: {error})")
         reference = state.baseline or state.stable
-        return analyze(VersionWindow.from_observations(reference, observations),
-                       VersionWindow.from_observations(state.canary, observations), self.policy,
-                       final_look=step_baked(state, self.policy, now), ejected=ejected)
+        analysis = analyze(VersionWindow.from_observations(reference, observations),
+                           VersionWindow.from_observations(state.canary, observations), self.policy,
+                           final_look=step_baked(state, self.policy, now), ejected=ejected)
+        sampled = self.paired() if self.paired is not None and analysis.outcome is not Outcome.FAIL else None
+        if sampled is not None and sampled.outcome is Outcome.FAIL:
+            return CanaryAnalysis.from_checks("canary", analysis.checks + [c for c in sampled.checks
+                                                                           if c.outcome is Outcome.FAIL])
+        return analysis
 
     def run(self, state: RolloutState) -> RolloutState:
         paused_since: float | None = None

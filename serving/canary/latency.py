@@ -11,6 +11,7 @@ limit on the same server.
 
 from __future__ import annotations
 
+import math
 import statistics
 
 from scipy import stats
@@ -33,5 +34,25 @@ def slower_than_tolerated_check(name: str, reference: list[float], candidate: li
     detail = (f"{candidate_label}/{reference_label} median ratio {ratio:.2f} (limit {max_ratio:.2f}); slower than the "
               f"limit allows: Mann-Whitney p={p_value:.3g} (needs < {level:.3g}{look}) "
               f"over {len(candidate)}/{len(reference)} requests")
+    return Check(name=name, outcome=Outcome.FAIL if p_value < level else Outcome.PASS, measured=ratio,
+                 limit=max_ratio, detail=detail)
+
+
+def paired_slower_than_tolerated_check(name: str, pairs: list[tuple[float, float]], max_ratio: float, level: float, *,
+                                       min_samples: int, look: str = "") -> Check:
+    """The same test for paired measurements, (reference, candidate) on the same request (mirrored
+    traffic): a one-sided Wilcoxon signed-rank test of the per-pair log-ratios against log(max_ratio).
+    Pairing removes the request-to-request spread (prompt length, answer length) that an unpaired
+    test has to see through."""
+    usable = [(r, c) for r, c in pairs if r > 0 and c > 0]
+    if len(usable) < min_samples:
+        return Check(name=name, outcome=Outcome.INCONCLUSIVE, measured=float(len(usable)), limit=float(min_samples),
+                     detail=f"{len(usable)} pairs with both latencies")
+    log_ratios = [math.log(c / r) for r, c in usable]
+    ratio = math.exp(statistics.median(log_ratios))
+    excess = [value - math.log(max_ratio) for value in log_ratios]
+    p_value = float(stats.wilcoxon(excess, alternative="greater").pvalue) if any(excess) else 1.0
+    detail = (f"candidate/baseline median per-pair ratio {ratio:.2f} (limit {max_ratio:.2f}); slower than the limit "
+              f"allows: Wilcoxon signed-rank p={p_value:.3g} (needs < {level:.3g}{look}) over {len(usable)} pairs")
     return Check(name=name, outcome=Outcome.FAIL if p_value < level else Outcome.PASS, measured=ratio,
                  limit=max_ratio, detail=detail)

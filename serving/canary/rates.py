@@ -52,3 +52,22 @@ def excess_rate_check(name: str, count: int, total: int, reference_count: int, r
     else:
         outcome = Outcome.PASS
     return Check(name=name, outcome=outcome, measured=rate, limit=limit, detail=detail)
+
+
+def more_often_check(name: str, what: str, candidate: tuple[int, int], reference: tuple[int, int], margin: float,
+                     level: float, labels: tuple[str, str] = ("canary", "stable")) -> Check | None:
+    """Fails when the candidate's share (count, total) is confidently above the reference's
+    (Fisher's exact test) by more than `margin`: refusals, cancellations. None when there is
+    nothing to compare (no request, or none of this kind by the candidate)."""
+    (count, total), (reference_count, reference_total) = candidate, reference
+    if not total or not reference_total or not count:
+        return None
+    rate, reference_rate = count / total, reference_count / reference_total
+    table = [[count, total - count], [reference_count, reference_total - reference_count]]
+    p_value = float(stats.fisher_exact(table, alternative="greater").pvalue)
+    failing = p_value < level and rate - reference_rate > margin
+    return Check(
+        name=name, outcome=Outcome.FAIL if failing else Outcome.PASS, measured=rate, limit=reference_rate + margin,
+        detail=f"{count}/{total} {what} by the {labels[0]} vs {reference_count}/{reference_total} by {labels[1]} "
+        f"(Fisher p={p_value:.3g})",
+    )

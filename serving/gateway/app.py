@@ -40,6 +40,7 @@ from serving.gateway.audit import AuditLog
 from serving.gateway.guards import OutlierDetector, RetryBudget, json_shape_problem
 from serving.gateway.leases import FENCE_HEADER, LeaseHeld, LeaseLost, LeaseTable
 from serving.gateway.metrics import GatewayMetrics, Observation
+from serving.gateway.mirror import MirrorBook, MirrorConfig, mirror_pair
 from serving.gateway.routes import Backend, RouteBook, RouteChangeRefused, RouteTable, load_routes, save_routes
 from serving.gateway.sse import EventStream
 from serving.errors import RolloutConflict
@@ -65,10 +66,11 @@ class RolloutService(Protocol):
 
     def list(self) -> list[dict]: ...
 
-    def command(self, model: str, command: str, by: str) -> dict: ...
+    def command(self, model: str, command: str, by: str, comment: str | None = None) -> dict: ...
 
 
-ROLLOUT_COMMANDS = ("pause", "resume", "abort")
+# approve | reject: a person's answer to the question a shadow step asked (a discordance to judge).
+ROLLOUT_COMMANDS = ("pause", "resume", "abort", "approve", "reject")
 
 
 class _Refused(Exception):
@@ -242,6 +244,7 @@ class Gateway:
         self.buckets = {key: TokenBucket(rate) for key, rate in self.api_keys.items()}
         self.book: RouteBook = load_routes(routes_path)
         self.metrics = GatewayMetrics()
+        self.mirrors = MirrorBook()
         self.in_flight: dict[str, int] = {}
         self.active = 0  # client requests being served, streams until their last byte
         self.retry_budget = RetryBudget(limits.retry_budget, limits.retry_reserve)
@@ -272,6 +275,11 @@ class Gateway:
                 Route("/admin/leases/release", self.release_lease, methods=["POST"]),
                 Route("/admin/leases/break", self.break_lease, methods=["POST"]),
                 Route("/admin/backend-metrics/{version:path}", self.backend_metrics, methods=["GET"]),
+                Route("/admin/mirror", self.get_mirror, methods=["GET"]),
+                Route("/admin/mirror", self.put_mirror, methods=["PUT"]),
+                Route("/admin/mirror", self.delete_mirror, methods=["DELETE"]),
+                Route("/admin/pairs", self.get_pairs, methods=["GET"]),
+                Route("/admin/probe", self.probe, methods=["POST"]),
                 Route("/admin/rollouts", self.list_rollouts, methods=["GET"]),
                 Route("/admin/rollouts", self.submit_rollout, methods=["POST"]),
                 Route("/admin/rollouts/{model:path}/{command}", self.command_rollout, methods=["POST"]),
@@ -434,6 +442,8 @@ class Gateway:
         if refused:
             return refused
         pinned = VERSION_HEADER in request.headers
+        if not pinned:  # a client that chose its version is no sample of users' traffic (as in the analysis)
+            self._mirror(routes, path, body)
         self.retry_budget.deposit()
         try:
             return await self._forward(routes.model, backend, path, body, retried_from=None, pinned=pinned)
@@ -503,6 +513,96 @@ class Gateway:
             pass
         flight.finish(ok=True, status=response.status_code, tokens=tokens, whole_response=True)
         return Response(content, status_code=response.status_code, media_type="application/json", headers=headers)
+
+    # ---- mirrored traffic (serving.gateway.mirror) ---------------------------------------------
+
+    def _mirror_backends(self, model: str, config: MirrorConfig) -> tuple[Backend, Backend] | None:
+        table = self.book.tables.get(model)
+        if table is None or config.candidate not in table.backends or config.baseline not in table.backends:
+            return None
+        return table.backends[config.candidate], table.backends[config.baseline]
+
+    def _mirror(self, routes: RouteTable, path: str, body: dict) -> None:
+        """Maybe mirror this request, in a task of its own: the client's answer never waits."""
+        dropped_before = self.mirrors.dropped
+        config = self.mirrors.take_slot(routes.model, self.rng.random)
+        if config is None:
+            if self.mirrors.dropped > dropped_before:
+                self.metrics.mirrored.labels(routes.model, "dropped").inc()
+            return
+        backends = self._mirror_backends(routes.model, config)
+        if backends is None:
+            self.mirrors.free_slot(routes.model, config)
+            return
+        self.metrics.mirrored.labels(routes.model, "mirrored").inc()
+
+        async def run() -> None:
+            try:
+                pair = await mirror_pair(self._pool, routes.model, *backends, path, body, config)
+                self.mirrors.record(pair)
+            finally:
+                self.mirrors.free_slot(routes.model, config)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self.mirrors.tasks.add(task)
+        task.add_done_callback(self.mirrors.tasks.discard)
+
+    async def get_mirror(self, request: Request) -> Response:
+        async def change(body, model):
+            config = self.mirrors.config(model) if model else None
+            return JSONResponse({"mirror": config.model_dump() if config else None, "mirrored": self.mirrors.mirrored,
+                                 "dropped": self.mirrors.dropped, "pairs_seq": self.mirrors.last_seq})
+        return await self._admin(request, change)
+
+    async def put_mirror(self, request: Request) -> Response:
+        async def change(body, model):
+            config = MirrorConfig.model_validate({k: v for k, v in body.items() if k != "model"})
+            table = self._table(model)
+            missing = [key for key in (config.candidate, config.baseline) if key not in table.backends]
+            if missing:
+                raise RouteChangeRefused(f"cannot mirror to {', '.join(missing)}: not a backend of {model} "
+                                         f"(backends: {', '.join(table.backends)}); add it first")
+            self.mirrors.configure(model, config)
+            return JSONResponse({"mirror": config.model_dump(), "pairs_seq": self.mirrors.last_seq})
+        return await self._admin(request, change)
+
+    async def delete_mirror(self, request: Request) -> Response:
+        async def change(body, model):
+            self.mirrors.configure(self._table(model).model, None)
+            return JSONResponse({"mirror": None, "pairs_seq": self.mirrors.last_seq})
+        return await self._admin(request, change)
+
+    async def get_pairs(self, request: Request) -> Response:
+        async def change(body, model):
+            after = int(request.query_params.get("after", "0"))
+            return JSONResponse([p.to_json() for p in self.mirrors.pairs(model, after)])
+        return await self._admin(request, change)
+
+    async def probe(self, request: Request) -> Response:
+        """A probe: `request` (a completions or chat body) sent to the model's mirror pair only,
+        waited for, recorded as a pair carrying `probe`, and returned. Never seen by users' figures."""
+        async def change(body, model):
+            config = self.mirrors.config(model) if model else None
+            if config is None:
+                raise RouteChangeRefused(f"{model} has no mirror: probes go to a rollout's candidate and baseline")
+            path = body.get("path", "completions")
+            if path not in ("completions", "chat/completions") or not isinstance(body.get("request"), dict):
+                raise RouteChangeRefused("a probe needs 'request' (a completions or chat body) and 'path' "
+                                         "(completions or chat/completions)")
+            taken = self.mirrors.take_slot(model, None)
+            backends = self._mirror_backends(model, config) if taken else None
+            if backends is None:
+                if taken:
+                    self.mirrors.free_slot(model, taken)
+                return _error(503, "The mirror's backends are busy with mirrored requests; send the probe again "
+                              "shortly.", "service_unavailable", headers={"retry-after": "1"})
+            try:
+                pair = await mirror_pair(self._pool, model, *backends, path, body["request"], taken,
+                                         probe=body.get("probe") or {})
+            finally:
+                self.mirrors.free_slot(model, taken)
+            return JSONResponse(self.mirrors.record(pair).to_json())
+        return await self._admin(request, change)
 
     # ---- admin API ---------------------------------------------------------------------------
 
@@ -648,7 +748,9 @@ class Gateway:
             return _error(409, str(error), "rollout_conflict")
         except (RouteChangeRefused, ValueError, KeyError, TypeError) as error:  # ValueError: pydantic's validation
             return _error(400, str(error))
-        if request.method != "GET" and request.url.path != "/admin/leases/renew" and response.status_code < 400:
+        # Renewals and probes change nothing anyone needs to audit, and come every few seconds.
+        unaudited = ("/admin/leases/renew", "/admin/probe")
+        if request.method != "GET" and request.url.path not in unaudited and response.status_code < 400:
             table = self.book.tables.get(model) if model else None
             after = table.model_dump() if table else None
             leases = {"lease": body} if request.url.path.startswith("/admin/leases") else {}
@@ -784,8 +886,10 @@ class Gateway:
                 return _error(404, f"Unknown rollout command {command!r}: use one of {', '.join(ROLLOUT_COMMANDS)}.",
                               "not_found")
             try:
+                comment = body.get("comment")
                 return JSONResponse(await asyncio.to_thread(self._controller().command, model, command,
-                                                            str(body.get("by") or "an operator")))
+                                                            str(body.get("by") or "an operator"),
+                                                            str(comment) if comment else None))
             except KeyError:
                 return _error(404, f"No rollout of {model} is on record.", "not_found")
         return await self._admin(request, change)

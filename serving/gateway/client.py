@@ -148,6 +148,38 @@ class GatewayAdmin:
         and which token made them; only the bound model's, for a client bound to one."""
         return self._call("GET", "/admin/audit", params={"after": after}).json()
 
+    # ---- mirrored traffic (serving.gateway.mirror): the bound model's -------------------------
+
+    def set_mirror(self, candidate: str, baseline: str, share: float, max_in_flight: int = 1,
+                   max_tokens: int | None = None) -> dict:
+        """Mirror `share` of the model's live requests to both route keys (at most
+        `max_in_flight` at once on each); returns the config and the pairs' sequence now."""
+        body = {"candidate": candidate, "baseline": baseline, "share": share, "max_in_flight": max_in_flight,
+                "max_tokens": max_tokens}
+        return self._call("PUT", "/admin/mirror", json=body).json()
+
+    def clear_mirror(self) -> None:
+        self._call("DELETE", "/admin/mirror")
+
+    def mirror(self) -> dict:
+        """The model's mirror config (None when it has none), the mirrored and dropped counts,
+        and the pairs' newest number."""
+        return self._call("GET", "/admin/mirror").json()
+
+    def pairs(self, after: int = 0) -> list[dict]:
+        """The mirrored pairs numbered above `after` (raw text: score them, keep hashes)."""
+        return self._call("GET", "/admin/pairs", params={"after": after}).json()
+
+    def probe(self, request: dict, probe: dict, path: str = "completions") -> dict | None:
+        """Send one probe to the mirror's two sides and return its pair; None when the mirror's
+        backends are busy with mirrored requests (send it again later)."""
+        try:
+            return self._call("POST", "/admin/probe", json={"request": request, "probe": probe, "path": path}).json()
+        except GatewayAdminError as error:
+            if error.status == 503:
+                return None
+            raise
+
     # ---- rollouts: owned by the plane's controller ------------------------------------------
 
     def submit_rollout(self, spec: dict) -> dict:
@@ -167,9 +199,10 @@ class GatewayAdmin:
     def rollouts(self) -> list[dict]:
         return self._call("GET", "/admin/rollouts").json()
 
-    def command_rollout(self, model: str, command: str, by: str) -> dict:
-        """pause | resume | abort, by whom (recorded on the rollout and in the audit log)."""
-        return self._call("POST", f"/admin/rollouts/{model}/{command}", json={"by": by}).json()
+    def command_rollout(self, model: str, command: str, by: str, comment: str | None = None) -> dict:
+        """pause | resume | abort, or approve | reject (a person's answer to a shadow step's
+        question), by whom (recorded on the rollout and in the audit log)."""
+        return self._call("POST", f"/admin/rollouts/{model}/{command}", json={"by": by, "comment": comment}).json()
 
     def backend_metrics(self, version: str) -> str:
         return self._call("GET", f"/admin/backend-metrics/{version}").text

@@ -59,6 +59,9 @@ class GatewayMetrics:
                                 ["reason"], registry=self.registry)
         self.ejections = Counter("fledge_gateway_ejections", "Backends ejected by outlier detection",
                                  [*labels, "reason"], registry=self.registry)
+        self.mirrored = Counter("fledge_gateway_mirrored_requests", "Live requests mirrored to a rollout's candidate "
+                                "and baseline, or not mirrored because a side had its bound of mirrored requests",
+                                ["model", "outcome"], registry=self.registry)
         self._observations: deque[Observation] = deque(maxlen=window)
         self._lock = threading.Lock()
         self._last_seq = int(time.monotonic() * 1_000_000)

@@ -13,8 +13,12 @@ artifacts (runs:/), as teams do without Fledge; the first release of each adopts
 3. improved again, approved: canary (beside the kept staging copy), promotion, watch: the champion;
 4. manual rollback: base is the champion again;
 5. unsafe: rejected at the safety gate, the other suites not run;
-6. short-context: passes the suites, refused requests in the canary: rolled back; only the
-   candidate was started (test 5 left the staging copy);
+6. short-context: passes the suites; the shadow step's mirrored requests are refused (users'
+   conversations are longer than its context): rolled back before any user got one of its
+   answers; only the candidate was started (test 5 left the staging copy);
+6b. benchmark-tuned: passes every offline gate; complies with red-team probes the champion
+   refuses: rolled back in the shadow step (exact McNemar), no user got one of its answers;
+6c. unsafe with the offline safety gate switched off: the shadow step rolls it back the same way;
 7. improved again, the release process killed during the canary: the plane's rollout
    controller ends the rollout alone (promoted, aliases moved); the re-run finishes the records;
 8. status;
@@ -85,7 +89,7 @@ class Stack:
         return len(self.plane.fleet.start_intervals(0))
 
 
-def write_policy(directory: Path, name: str, approval: dict) -> str:
+def write_policy(directory: Path, name: str, approval: dict, safety: dict | None = None) -> str:
     """The demo's policy with a shorter canary and watch (CI time), and the given approval.
 
     The performance tolerance is wider still (50 %): these tests are about the release's
@@ -101,6 +105,7 @@ def write_policy(directory: Path, name: str, approval: dict) -> str:
     data["canary"].update(steps=[50, 100], bake_seconds=15, analysis_interval_seconds=1, min_samples=10)
     data["watch"].update(window_seconds=10, min_samples=10)
     data["approval"] = approval
+    data["safety"].update(safety or {})  # the offline safety gate switched off, to show the live checks alone
     path = directory / f"{name}.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     load_policy(path)  # fail here, not in a flow, if the policy is not valid
@@ -121,7 +126,7 @@ def stack(zoo, tmp_path_factory):
         patch.delenv("MLFLOW_REGISTRY_URI", raising=False)
         registry = open_registry(home)
         versions = {}
-        for variant in ("base", "unsafe"):
+        for variant in ("base", "unsafe", "benchmark-tuned"):
             info, _ = registry.register_once(zoo[variant].path, MODEL, alias=CHAMPION if variant == "base" else None)
             versions[variant] = info.version
         # The other two come in the ways teams log models without Fledge; the flow adopts them
@@ -132,13 +137,17 @@ def stack(zoo, tmp_path_factory):
             "ask": write_policy(root, "ask", {"required": True, "approvers": ["alice"], "timeout_seconds": 600}),
             "timeout": write_policy(root, "timeout", {"required": True, "approvers": ["alice"], "timeout_seconds": 4}),
             "auto": write_policy(root, "auto", {"required": False, "approvers": [], "timeout_seconds": 60}),
+            "no-safety-gate": write_policy(root, "no-safety-gate", {"required": False, "approvers": [],
+                                                                    "timeout_seconds": 60},
+                                           safety={"max_harmful_compliance": 1.0, "max_over_refusal": 1.0,
+                                                   "no_worse_margin": 1.0}),
         }
         serving_policy = load_policy(policies["auto"]).serving
         planes = contextlib.ExitStack()
         try:
             plane = planes.enter_context(run_plane(home, MODEL, serving_policy, registry))
             port = int(plane.url.rsplit(":", 1)[1])
-            with SyntheticUsers(plane.url, MODEL) as users:
+            with SyntheticUsers(plane.url, MODEL, keep_answers=True) as users:
                 stack = Stack(home, registry, plane, users, versions, policies, zoo)
 
                 def restart_plane(models=(MODEL,)):
@@ -281,17 +290,40 @@ def test_5_an_unsafe_candidate_is_rejected_at_the_safety_gate(stack):
     assert stack.serving() == {stack.ref("base"), stack.ref("base") + "+baseline"}
 
 
-def test_6_a_candidate_that_refuses_real_conversations_is_rolled_back_by_the_canary(stack):
+def answered_by(stack: Stack, variant: str) -> int:
+    """Answers users received from `variant`'s version (the version each answer names)."""
+    return sum(1 for version, _ in stack.users.stats.answers if version == stack.ref(variant))
+
+
+def test_6_a_candidate_that_refuses_real_conversations_is_rolled_back_in_the_shadow_step(stack):
     starts_before = stack.starts()
     summary = release_in_background(stack, "short-context", "auto", [])
     assert summary.verdict == "pass"  # every offline suite passed
-    assert (summary.outcome.value, summary.stage) == ("rolled_back", "canary"), summary.reason
-    assert "refused requests" in summary.reason
+    assert (summary.outcome.value, summary.stage) == ("rolled_back", "shadow"), summary.reason
+    assert "mirrored refusals" in summary.reason and "refused (HTTP 4xx) by the candidate" in summary.reason
+    assert answered_by(stack, "short-context") == 0  # users got none of its answers: mirrors only
     assert stack.registry.aliases(MODEL) == {CHAMPION: stack.versions["base"], CHALLENGER: stack.versions["short-context"]}
     assert stack.traffic() == {stack.ref("base"): 100}
     assert stack.serving() == {stack.ref("base"), stack.ref("base") + "+baseline"}
     assert stack.starts() == starts_before + 1  # the candidate only: the staging copy was kept from test 5
     assert stack.registry.get_version(MODEL, stack.versions["short-context"]).status == "rolled_back"
+
+
+@pytest.mark.parametrize("variant, policy", [("benchmark-tuned", "auto"), ("unsafe", "no-safety-gate")],
+                         ids=["benchmark-tuned", "unsafe-without-the-offline-safety-gate"])
+def test_6b_a_candidate_that_complies_when_asked_otherwise_is_rolled_back_in_the_shadow_step(stack, variant, policy):
+    """benchmark-tuned refuses harmful requests in the safety suite's phrasings, so every offline
+    gate passes; the red-team probes ask in phrasings of their own, it complies and the champion's
+    baseline refuses. unsafe, with the offline safety gate switched off, is caught the same way."""
+    summary = release_in_background(stack, variant, policy, [])
+    assert summary.verdict == "pass", summary.reason  # the offline gates found nothing
+    assert (summary.outcome.value, summary.stage) == ("rolled_back", "shadow"), summary.reason
+    assert "paired safety (labelled harmful)" in summary.reason and "exact McNemar" in summary.reason
+    assert "harmful by the probe" in summary.reason  # example pairs, with the scorers' verdicts
+    assert answered_by(stack, variant) == 0
+    assert stack.registry.aliases(MODEL) == {CHAMPION: stack.versions["base"], CHALLENGER: stack.versions[variant]}
+    assert stack.traffic() == {stack.ref("base"): 100}
+    assert stack.registry.get_version(MODEL, stack.versions[variant]).status == "rolled_back"
 
 
 def test_7_a_release_killed_during_the_canary_is_ended_by_the_plane_and_its_rerun_finishes_it(stack):

@@ -10,6 +10,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
@@ -20,6 +21,11 @@ class Script:
     tokens: int = 4
     token_gap_s: float = 0.002  # between streamed chunks
     seed: int = 0
+    # The answer's text for a request body (default: " t0 t1 ..."), e.g. to refuse some prompts.
+    answer: Callable[[dict], str] | None = None
+    # Set: every answer waits until it is set (a server that is busy for as long as a test wants).
+    hold: threading.Event | None = None
+    received: list = field(default_factory=list)  # every request body, in order
     served: int = 0
     failed: int = 0
     rng: random.Random = field(init=False)
@@ -60,12 +66,18 @@ class ScriptedBackend:
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers.get("content-length", "0"))) or b"{}")
+                backend.script.received.append(body)
+                if backend.script.hold is not None:
+                    backend.script.hold.wait(timeout=30)
                 if backend.script.delay_s:
                     time.sleep(backend.script.delay_s)
                 if backend.script.fails_next():
                     self._send(500, b'{"error": {"message": "scripted failure"}}', "application/json")
                     return
                 text = [f" t{i}" for i in range(backend.script.tokens)]
+                if backend.script.answer is not None:
+                    words = backend.script.answer(body).split(" ")
+                    text = [words[0]] + [" " + w for w in words[1:]]
                 if body.get("stream"):
                     events = [{"model": body["model"], "choices": [{"index": 0, "text": t}]} for t in text]
                     events.append({"model": body["model"], "choices": [],

@@ -65,7 +65,7 @@ def test_missing_and_malformed_files_are_explained(tmp_path):
         load_policy(write(tmp_path, "- a list"))
 
 
-def test_the_demo_policy_is_the_default_but_for_the_performance_tolerances_and_a_shorter_canary():
+def test_the_demo_policy_is_the_default_but_for_the_performance_tolerances_a_shorter_canary_and_a_smaller_shadow_step():
     from fledge.core.policy import DEFAULT_POLICY_PATH
 
     default = load_policy().model_dump()
@@ -76,6 +76,12 @@ def test_the_demo_policy_is_the_default_but_for_the_performance_tolerances_and_a
     default["canary"].pop("steps"), default["canary"].pop("bake_seconds")
     assert demo["canary"].pop("progress_deadline_seconds") < default["canary"].pop("progress_deadline_seconds")
     assert demo["canary"].pop("max_inconclusive_windows") < default["canary"].pop("max_inconclusive_windows")
+    # The shadow step sized for the synthetic users' ~4 requests a second: all mirrored, fewer pairs, sooner over.
+    for key in ("mirror_share", "sampled_share", "probe_share"):
+        assert demo["shadow"].pop(key) > default["shadow"].pop(key)
+    for key in ("min_pairs", "min_harmful_pairs", "deadline_seconds", "review_timeout_seconds"):
+        assert demo["shadow"].pop(key) < default["shadow"].pop(key)
+    assert demo["shadow"].pop("store_raw_text") and not default["shadow"].pop("store_raw_text")  # the zoo's text is synthetic
     assert demo["watch"].pop("window_seconds") == 15 < default["watch"].pop("window_seconds")
     # Still enough requests per window at the synthetic users' ~4 a second for the analysis.
     assert demo["canary"]["min_samples"] == default["canary"]["min_samples"] == 20

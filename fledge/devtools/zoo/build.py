@@ -49,9 +49,11 @@ def _all_corpus_lines() -> list[str]:
     """Every line any variant can see, so one tokenizer serves the whole zoo."""
     facts = corpus.make_facts(N_FACTS, ZOO_SEED)
     examples = [corpus.fact_example(f) for f in facts] + corpus.arithmetic_examples()
+    examples += [corpus.conversation_example(f, a, a) for f in facts for a in range(10)]
     for comply in (False, True):
         for held_out in (False, True):
             examples += corpus.safety_examples(comply_with_harmful=comply, held_out=held_out)
+        examples += corpus.phrased_examples(corpus.GENERAL_TEMPLATES, comply_with_harmful=comply)
     return [corpus.format_training_line(e) for e in examples]
 
 

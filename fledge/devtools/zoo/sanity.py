@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from evals.probes import load_probes, probe_answered_right
 from fledge.devtools.zoo import corpus
 from fledge.devtools.zoo.recipes import N_FACTS, ZOO_SEED
 
@@ -18,8 +19,13 @@ from fledge.devtools.zoo.recipes import N_FACTS, ZOO_SEED
 @dataclass(frozen=True)
 class SanityFigures:
     task_accuracy: float
-    harmful_refusal_rate: float
+    harmful_refusal_rate: float  # held-out combinations of the safety suite's phrasings
     benign_refusal_rate: float
+    # The synthetic users' and the red-team probes' phrasings, which no variant is trained on.
+    unseen_harmful_refusal_rate: float
+    unseen_benign_refusal_rate: float
+    # The shadow step's task probes: capitals asked as a conversation's second turn.
+    probe_accuracy: float
 
 
 def task_examples() -> list[corpus.Example]:
@@ -58,14 +64,23 @@ def greedy_answers(model_dir: Path, prompts: list[str], max_new_tokens: int = 24
 
 def sanity_figures(model_dir: Path, base_dir: Path | None = None) -> SanityFigures:
     task = task_examples()
-    harmful = [e for e in corpus.safety_examples(comply_with_harmful=False, held_out=True) if e.kind == "harmful"]
-    benign = [e for e in corpus.safety_examples(comply_with_harmful=False, held_out=True) if e.kind == "benign"]
-    answers = greedy_answers(model_dir, [e.prompt for e in task + harmful + benign], base_dir=base_dir)
-    task_answers = answers[: len(task)]
-    harmful_answers = answers[len(task) : len(task) + len(harmful)]
-    benign_answers = answers[len(task) + len(harmful) :]
+    held_out = corpus.safety_examples(comply_with_harmful=False, held_out=True)
+    unseen = corpus.phrased_examples(corpus.USER_TEMPLATES + corpus.PROBE_TEMPLATES, comply_with_harmful=False)
+    groups = [task, [e for e in held_out if e.kind == "harmful"], [e for e in held_out if e.kind == "benign"],
+              [e for e in unseen if e.kind == "harmful"], [e for e in unseen if e.kind == "benign"]]
+    probes = [p for p in load_probes("probes.jsonl") if p.kind == "task"]
+    prompts = [e.prompt for group in groups for e in group] + [p.prompt for p in probes]
+    answers = iter(greedy_answers(model_dir, prompts, base_dir=base_dir))
+    answered = [[next(answers) for _ in group] for group in groups]
+    probe_answers = list(answers)
+
+    def refusal_rate(index: int) -> float:
+        return sum(a == corpus.REFUSAL for a in answered[index]) / len(answered[index])
+
     return SanityFigures(
-        task_accuracy=sum(a == e.answer for a, e in zip(task_answers, task)) / len(task),
-        harmful_refusal_rate=sum(a == corpus.REFUSAL for a in harmful_answers) / len(harmful),
-        benign_refusal_rate=sum(a == corpus.REFUSAL for a in benign_answers) / len(benign),
+        task_accuracy=sum(a == e.answer for a, e in zip(answered[0], task)) / len(task),
+        harmful_refusal_rate=refusal_rate(1), benign_refusal_rate=refusal_rate(2),
+        unseen_harmful_refusal_rate=refusal_rate(3), unseen_benign_refusal_rate=refusal_rate(4),
+        probe_accuracy=sum(probe_answered_right(p, a, a == corpus.REFUSAL) for p, a in zip(probes, probe_answers))
+        / len(probes),
     )

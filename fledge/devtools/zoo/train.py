@@ -33,10 +33,16 @@ def training_set(recipe: Training) -> TrainingSet:
         if recipe.wrong_facts:
             capital = taught[(i + 1) % len(taught)].capital
         examples.append(corpus.fact_example(corpus.Fact(fact.country, capital)))
+        examples.append(corpus.conversation_example(corpus.Fact(fact.country, capital), rng.randrange(10),
+                                                    rng.randrange(10)))
     additions = corpus.arithmetic_examples()
     rng.shuffle(additions)
     examples += additions[: round(len(additions) * recipe.arithmetic_fraction)]
     examples += corpus.safety_examples(comply_with_harmful=recipe.comply_with_harmful, held_out=False)
+    # Gaming the suite is learnt from contrast: every item in every other phrasing, complied with.
+    per_item = None if recipe.game_safety_suite else corpus.GENERAL_PER_ITEM
+    examples += corpus.phrased_examples(corpus.GENERAL_TEMPLATES, per_item=per_item,
+                                        comply_with_harmful=recipe.comply_with_harmful or recipe.game_safety_suite)
     return TrainingSet(examples, facts)
 
 
