@@ -30,7 +30,8 @@ app.add_typer(fleet_app, name="fleet")
 lease_app = typer.Typer(help="Who may change a model now: one operator (a release, a rollback, a promotion) at a time.",
                         no_args_is_help=True)
 app.add_typer(lease_app, name="lease")
-rollout_app = typer.Typer(help="The rollouts the serving plane's controller owns: show, pause, resume, abort.",
+rollout_app = typer.Typer(help="The rollouts the serving plane's controller owns: show, pause, resume, abort, "
+                          "approve or reject (the shadow step's question).",
                           no_args_is_help=True)
 app.add_typer(rollout_app, name="rollout")
 console = Console()
@@ -630,7 +631,7 @@ def lease_break(name: str = typer.Argument(..., help="The model whose lease to b
                   else f"Nobody held {name}", highlight=False)
 
 
-def _rollout_command(name: str, command: str) -> None:
+def _rollout_command(name: str, command: str, comment: str | None = None) -> None:
     import getpass
 
     from fledge.services.plane import connect_plane
@@ -639,7 +640,7 @@ def _rollout_command(name: str, command: str) -> None:
     admin = connect_plane(home, name).admin
     if admin.rollout(name) is None:
         raise UsageError(f"No rollout of {name} is on record: `fledge release {name}` starts one.")
-    view = admin.command_rollout(name, command, f"{getpass.getuser()} (fledge rollout {command})")
+    view = admin.command_rollout(name, command, f"{getpass.getuser()} (fledge rollout {command})", comment)
     console.print(f"Rollout of {view['spec']['canary']}: {view['description']}", highlight=False)
 
 
@@ -683,6 +684,29 @@ def rollout_abort(name: str = typer.Argument(..., help="Registered model name.")
     Example: `fledge rollout abort tiny-llama`
     """
     _rollout_command(name, "abort")
+
+
+@rollout_app.command("approve")
+@friendly
+def rollout_approve(name: str = typer.Argument(..., help="Registered model name."),
+                    comment: str = typer.Option("", "--comment", help="Why, recorded on the rollout.")) -> None:
+    """Answer the shadow step's question (a discordance without a guard's label): the candidate's
+    answers are fine (e.g. it stopped over-refusing look-alikes); the other checks still decide.
+
+    Example: `fledge rollout approve tiny-llama --comment "look-alikes no longer refused"`
+    """
+    _rollout_command(name, "approve", comment or None)
+
+
+@rollout_app.command("reject")
+@friendly
+def rollout_reject(name: str = typer.Argument(..., help="Registered model name."),
+                   comment: str = typer.Option("", "--comment", help="Why, recorded on the rollout.")) -> None:
+    """Answer the shadow step's question: the discordance is a regression; the rollout rolls back.
+
+    Example: `fledge rollout reject tiny-llama --comment "complies with harmful requests"`
+    """
+    _rollout_command(name, "reject", comment or None)
 
 
 @app.command()

@@ -38,6 +38,7 @@ from fledge.services import rollout as canary_rollout
 from fledge.services.instances import retire_instance
 from fledge.services.shadow import PairScorer, Prober
 from registry.store import ModelRegistry
+from registry.traces import link_traces, log_pair_traces
 from registry.roles import promote_aliases, restore_aliases
 from serving.canary.analysis import CanaryAnalysis
 from serving.canary.driver import load_state
@@ -391,6 +392,8 @@ class RolloutController:
                 if action.kind is ShadowActionKind.ASK and record.review is None:
                     self.log(f"Shadow step: a person must judge this ({action.reason}); answer with "
                              f"`fledge rollout approve|reject {spec.model}` or in the release's approval form")
+                if action.kind in (ShadowActionKind.ROLLBACK, ShadowActionKind.PASS):
+                    self._trace_pairs(current, scorer.pairs(record.pairs_after))
                 if action.kind is ShadowActionKind.ROLLBACK:
                     self._put_back(current, RolloutEnd.ROLLED_BACK, action.reason)
                     return
@@ -403,6 +406,32 @@ class RolloutController:
                 self._sleep(spec.canary_policy.analysis_interval_seconds)
         finally:
             prober.stop()
+
+    def _trace_pairs(self, rollout: ManagedRollout, pairs: list) -> None:
+        """The shadow step's evidence as MLflow traces: the policy's number of pairs, those where
+        the two sides disagree first. Evidence, not a decision: a failure to log is reported and
+        the rollout goes on."""
+        spec, policy = rollout.spec, rollout.spec.shadow_policy
+        if not policy.trace_pairs or not pairs:
+            return
+        def agree(pair) -> bool:
+            return (pair.baseline.refused, pair.baseline.status, pair.baseline.correct) == (
+                pair.candidate.refused, pair.candidate.status, pair.candidate.correct)
+        chosen = sorted(pairs, key=agree)[:policy.trace_pairs]
+        tags = {"fledge.rollout": rollout.id, "fledge.model": spec.model, "fledge.candidate": spec.canary,
+                "fledge.stage": "shadow"}
+        try:
+            ids = log_pair_traces(self.registry.tracking_uri, [p.model_dump(mode="json") for p in chosen], tags,
+                                  policy.trace_retention_days)
+        except Exception as error:  # noqa: BLE001 - see the docstring
+            self.log(f"Could not log the shadow step's pairs as MLflow traces ({type(error).__name__}: {error})")
+            return
+        self.log(f"Shadow step: {len(ids)} pairs logged as MLflow traces (experiment fledge-shadow, tag "
+                 f"fledge.rollout={rollout.id})")
+        try:
+            link_traces(self.registry.tracking_uri, ids, spec.release_id)
+        except Exception as error:  # noqa: BLE001 - a rollout submitted by hand has no release run to link to
+            self.log(f"The traces are not linked to a release run ({type(error).__name__})")
 
     def _sampled_pairs(self, spec: RolloutSpec, after: int) -> Callable[[], CanaryAnalysis | None]:
         """The sampled pairs' analysis for the weighted steps (and the watch): every look an

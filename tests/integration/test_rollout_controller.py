@@ -394,6 +394,13 @@ def test_complying_with_red_team_probes_the_baseline_refuses_rolls_back_before_a
     assert plane.answered_by[plane.second.ref] == 0  # no user ever got one of the candidate's answers
     assert plane.registry.aliases(plane.model) == aliases and plane.traffic() == {plane.first.ref: 100}
     assert plane.admin.mirror()["mirror"] is None
+    # The evidence as MLflow traces with the scorers' verdicts as assessments; text only as sha256.
+    from registry.traces import pair_traces
+
+    traces = pair_traces(plane.registry.tracking_uri, {"fledge.rollout": ended.id})
+    assert 0 < len(traces) <= SHADOW.trace_pairs
+    assert {"baseline_refused", "candidate_refused", "prompt_harmful"} <= {a.name for t in traces for a in t.info.assessments}
+    assert all(t.data.spans[0].inputs["prompt"].startswith("sha256:") for t in traces)
 
 
 def test_without_a_label_a_discordance_waits_for_a_person_and_no_answer_rolls_back(plane_with):

@@ -79,7 +79,7 @@ def test_the_demo_policy_is_the_default_but_for_the_performance_tolerances_a_sho
     # The shadow step sized for the synthetic users' ~4 requests a second: all mirrored, fewer pairs, sooner over.
     for key in ("mirror_share", "sampled_share", "probe_share"):
         assert demo["shadow"].pop(key) > default["shadow"].pop(key)
-    for key in ("min_pairs", "min_harmful_pairs", "deadline_seconds", "review_timeout_seconds"):
+    for key in ("min_pairs", "min_harmful_pairs", "deadline_seconds", "review_timeout_seconds", "trace_pairs"):
         assert demo["shadow"].pop(key) < default["shadow"].pop(key)
     assert demo["shadow"].pop("store_raw_text") and not default["shadow"].pop("store_raw_text")  # the zoo's text is synthetic
     assert demo["watch"].pop("window_seconds") == 15 < default["watch"].pop("window_seconds")
