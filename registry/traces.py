@@ -10,6 +10,8 @@ Retention: traces older than the policy's limit are deleted before new ones are 
 
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
 import time
 
@@ -18,9 +20,28 @@ from mlflow import MlflowClient
 from mlflow.entities import AssessmentSource
 
 SHADOW_EXPERIMENT = "fledge-shadow"
-# mlflow.log_feedback has no client form and writes to the process's tracking URI: it is pointed
-# at ours for the length of one logging, under a lock (the plane's threads log one at a time).
+# Traces are exported to the process's tracking URI (MlflowClient.start_trace included), and
+# mlflow.log_feedback has no client form: both are pointed at ours for the length of one logging,
+# under a lock, and the process's setting is then put back exactly as it was (set or not, and
+# the MLFLOW_TRACKING_URI variable that set_tracking_uri writes): a setting left behind sent
+# every later MLflow call of the process, whatever its own MLFLOW_TRACKING_URI, to this store.
 _FLUENT = threading.Lock()
+
+
+@contextlib.contextmanager
+def _process_tracking_uri(uri: str):
+    from mlflow.tracking._tracking_service import utils as tracking_utils  # the setting itself: None when unset
+
+    saved_uri, saved_env = tracking_utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(saved_uri)
+        if saved_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = saved_env
 
 
 def _experiment_id(client: MlflowClient) -> str:
@@ -49,28 +70,23 @@ def log_pair_traces(tracking_uri: str, pairs: list[dict], tags: dict[str, str], 
     cutoff_ms = int((time.time() - retention_days * 86400) * 1000)
     client.delete_traces(experiment_id=experiment_id, max_timestamp_millis=cutoff_ms)
     trace_ids = []
-    with _FLUENT:
-        previous = mlflow.get_tracking_uri()
-        mlflow.set_tracking_uri(tracking_uri)
-        try:
-            for pair in pairs:
-                inputs = {"prompt": pair.get("prompt_text") or f"sha256:{pair['prompt_sha256']}",
-                          "probe": pair.get("probe"), "deterministic": pair.get("deterministic")}
-                outputs = {side: {"version": pair[side]["version"], "status": pair[side]["status"],
-                                  "answer": pair[side].get("answer_text") or f"sha256:{pair[side].get('answer_sha256')}",
-                                  "latency_s": pair[side].get("latency_s")} for side in ("baseline", "candidate")}
-                span = client.start_trace("mirrored pair", inputs=inputs, experiment_id=experiment_id,
-                                          tags={**tags, "fledge.pair_seq": str(pair["seq"])})
-                client.end_trace(span.trace_id, outputs=outputs)
-                trace_ids.append(span.trace_id)
-            # Ended traces are exported in the background; an assessment needs its trace stored.
-            mlflow.flush_trace_async_logging()
-            for trace_id, pair in zip(trace_ids, pairs):
-                for name, value, scorer in _assessments(pair):
-                    mlflow.log_feedback(trace_id=trace_id, name=name, value=value,
-                                        source=AssessmentSource(source_type="CODE", source_id=scorer))
-        finally:
-            mlflow.set_tracking_uri(previous)
+    with _FLUENT, _process_tracking_uri(tracking_uri):
+        for pair in pairs:
+            inputs = {"prompt": pair.get("prompt_text") or f"sha256:{pair['prompt_sha256']}",
+                      "probe": pair.get("probe"), "deterministic": pair.get("deterministic")}
+            outputs = {side: {"version": pair[side]["version"], "status": pair[side]["status"],
+                              "answer": pair[side].get("answer_text") or f"sha256:{pair[side].get('answer_sha256')}",
+                              "latency_s": pair[side].get("latency_s")} for side in ("baseline", "candidate")}
+            span = client.start_trace("mirrored pair", inputs=inputs, experiment_id=experiment_id,
+                                      tags={**tags, "fledge.pair_seq": str(pair["seq"])})
+            client.end_trace(span.trace_id, outputs=outputs)
+            trace_ids.append(span.trace_id)
+        # Ended traces are exported in the background; an assessment needs its trace stored.
+        mlflow.flush_trace_async_logging()
+        for trace_id, pair in zip(trace_ids, pairs):
+            for name, value, scorer in _assessments(pair):
+                mlflow.log_feedback(trace_id=trace_id, name=name, value=value,
+                                    source=AssessmentSource(source_type="CODE", source_id=scorer))
     return trace_ids
 
 

@@ -76,6 +76,10 @@ class QuantizationPolicy(_Strict):
 
 
 class CanaryPolicy(_Strict):
+    strategy: Literal["canary", "blue-green"] = Field("canary", description=(
+        "canary: the steps below, each judged against the baseline. blue-green: once the candidate has passed "
+        "the shadow step (and so has served mirrored traffic), all traffic switches at once; the old version "
+        "stays ready at 0 % through the watch and takes the traffic back on a breach."))
     steps: list[int] = Field(min_length=1, description="Canary traffic percentages, in order, ending at 100.")
     bake_seconds: float = Field(gt=0)
     analysis_interval_seconds: float = Field(gt=0)
@@ -295,6 +299,13 @@ class ReleasePolicy(_Strict):
             "canary": self.canary.model_copy(update={"max_latency_ratio": ratio}),
             "watch": self.watch.model_copy(update={"max_ratio_vs_previous": ratio}),
         })
+
+    @model_validator(mode="after")
+    def _blue_green_needs_the_shadow_step(self) -> "ReleasePolicy":
+        if self.canary.strategy == "blue-green" and not self.shadow.enabled:
+            raise ValueError("canary.strategy blue-green switches all traffic at once: it needs the shadow step "
+                             "(shadow.enabled: true) to have judged the candidate on mirrored traffic first")
+        return self
 
     def sections_hash(self, *sections: str) -> str:
         payload = self.model_dump(mode="json", include=set(sections))

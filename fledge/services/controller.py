@@ -458,8 +458,11 @@ class RolloutController:
         if rollout.shadowed:
             after = rollout.shadow.pairs_after if rollout.shadow else 0
             paired = self._sampled_pairs(spec, after)
+        policy = spec.canary_policy
+        if policy.strategy == "blue-green":  # the shadow step judged it: all traffic at once, the old kept at 0 %
+            policy = policy.model_copy(update={"steps": [100]})
         state = canary_rollout.run_canary(
-            gateway, self.home.files.rollout(spec.model), spec.canary_policy, spec.model, spec.stable, spec.canary,
+            gateway, self.home.files.rollout(spec.model), policy, spec.model, spec.stable, spec.canary,
             spec.canary_url, spec.baseline_url, log=self.log, control=self._control(spec.model), paired=paired)
         self._update(spec.model, lambda r: setattr(r, "canary", state))
         if state.phase is Phase.PROMOTED:

@@ -425,3 +425,18 @@ def test_a_person_who_approves_the_discordance_lets_the_rollout_go_on(plane_with
     plane.wait_for(lambda: plane.admin.rollout(plane.model)["stage"] != "shadow")
     review = plane.admin.rollout(plane.model)["shadow"]["review"]
     assert (review["answer"], review["by"], review["comment"]) == ("approve", "oncall", "it stopped refusing look-alikes")
+
+
+def test_blue_green_switches_all_traffic_at_once_after_the_shadow_step_and_back_on_a_breach(plane_with):
+    plane = shadow_plane(plane_with, refuses_harm)
+    aliases = plane.registry.aliases(plane.model)
+    plane.admin.submit_rollout(plane.spec(shadow=SHADOW, canary=CANARY.model_copy(update={"strategy": "blue-green"})))
+    plane.wait_for(lambda: plane.admin.rollout(plane.model)["stage"] == "watch")
+    # All at once: the candidate has everything, the old version is kept ready at 0 %.
+    assert plane.traffic() == {plane.second.ref: 100, plane.first.ref: 0}
+    plane.canary.script.error_rate = 1.0  # the new version starts failing once it has all the traffic
+    ended = plane.controller.wait(plane.model, timeout_s=30)
+    assert (ended.end, ended.ended_in.value) == (RolloutEnd.ROLLED_BACK, "watch"), ended.reason
+    assert [entry.action.value for entry in ended.canary.history] == ["promote"]  # no weighted step
+    assert ended.shadow.decision.startswith("shadow step passed")
+    assert plane.registry.aliases(plane.model) == aliases and plane.traffic() == {plane.first.ref: 100}

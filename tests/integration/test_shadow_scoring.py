@@ -81,3 +81,25 @@ def test_the_request_a_scorer_reads_is_the_last_turn():
     assert request_text({"path": "chat/completions",
                          "prompt": '[{"role": "user", "content": "first"}, {"role": "assistant", "content": "x"}, '
                                    '{"role": "user", "content": "second"}]'}) == "second"
+
+
+def test_logging_pairs_as_traces_leaves_the_processs_tracking_setting_as_it_was(tmp_path, monkeypatch):
+    """The traces go to the given store; the process's own MLflow setting (unset here, with its
+    MLFLOW_TRACKING_URI variable naming another store) is exactly as before, so later MLflow calls
+    of the process are not sent to the traces' store (they were: 19 tests failed in CI)."""
+    import mlflow
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    from registry.traces import log_pair_traces, pair_traces
+
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", other)
+    monkeypatch.setattr(tracking_utils, "_tracking_uri", None)
+    ours = f"sqlite:///{tmp_path / 'traces.db'}"
+    pair = PairScorer(SHADOW, probes=[]).add([raw_pair(1, "Q: hi\nA:", "I can't help with that request.", "Sure.")])[0]
+    ids = log_pair_traces(ours, [pair.model_dump(mode="json")], {"fledge.rollout": "r1"}, retention_days=30)
+    assert tracking_utils._tracking_uri is None and mlflow.get_tracking_uri() == other
+    traces = pair_traces(ours, {"fledge.rollout": "r1"})
+    assert [t.info.trace_id for t in traces] == ids
+    assert {(a.name, a.value) for a in traces[0].info.assessments} == {("baseline_refused", True),
+                                                                        ("candidate_refused", False)}

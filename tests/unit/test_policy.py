@@ -96,3 +96,12 @@ def test_an_adapter_release_is_judged_by_the_loras_one_latency_limit():
     assert judged.canary.max_latency_ratio == judged.watch.max_ratio_vs_previous == ratio
     unchanged = {"performance": {"tolerated_slowdown"}, "canary": {"max_latency_ratio"}, "watch": {"max_ratio_vs_previous"}}
     assert judged.model_dump(exclude=unchanged) == policy.model_dump(exclude=unchanged)
+
+
+def test_blue_green_needs_the_shadow_step(tmp_path):
+    text = default_text().replace("  strategy: canary ", "  strategy: blue-green ")
+    load_policy(write(tmp_path, text))  # the shipped default runs the shadow step
+    no_shadow = text.replace("shadow:                        # live", "shadow:  # live").replace(
+        "  enabled: true                # a shadow step", "  enabled: false               # a shadow step")
+    with pytest.raises(PolicyError, match="blue-green switches all traffic at once: it needs the shadow step"):
+        load_policy(write(tmp_path, no_shadow))
