@@ -92,7 +92,7 @@ def run_demo(name: str, console: Console, policy_file: str | None = None) -> lis
     log = lambda line: console.print(line, highlight=False)  # noqa: E731
     results = []
     with run_plane(home, name, policy.serving, registry, log=log) as plane:
-        users = SyntheticUsers(plane.url, name).start()
+        users = SyntheticUsers(plane.url, name, keep_answers=True).start()
         console.print(f"Synthetic users send streamed completions to the gateway at {plane.url}/v1 as model '{name}'")
         try:
             for variant, expected in CANDIDATES:
@@ -124,11 +124,12 @@ def _print_summary(console, name, results, traffic, total, zoo_seconds, starts, 
     from fledge.devtools.timing import length, overlap
 
     table = Table(title=f"Fledge demo: {len(results)} releases")
-    for column in ("candidate", "expected", "outcome", "ended at", "why", "seconds"):
+    for column in ("candidate", "expected", "outcome", "ended at", "why", "users' answers from it", "seconds"):
         table.add_column(column)
     for variant, expected, summary in results:
+        answered = sum(1 for version, _ in traffic.answers if version == summary.candidate)
         table.add_row(f"{summary.candidate} ({variant})", expected, summary.outcome.value, summary.stage,
-                      summary.reason[:110], f"{summary.seconds:.0f}")
+                      summary.reason[:110], str(answered), f"{summary.seconds:.0f}")
     console.print(table)
 
     def stages(*names_or_prefix) -> list:
@@ -147,7 +148,7 @@ def _print_summary(console, name, results, traffic, total, zoo_seconds, starts, 
     time_table.add_column("share", justify="right")
     for part, seconds in (("zoo (build or cache)", zoo_seconds), ("vLLM start-up", vllm_start),
                           ("evaluations (quality, safety, performance)", evaluations),
-                          ("canary bake and post-promotion watch", bake),
+                          ("shadow step, canary bake and post-promotion watch", bake),
                           ("orchestration and bookkeeping (Prefect, MLflow, registry, gateway changes)", orchestration)):
         time_table.add_row(part, f"{seconds:.0f}", f"{seconds / total:.0%}")
     console.print(time_table)

@@ -329,6 +329,17 @@ class RolloutController:
 
     # ---- the shadow step and the sampled pairs (serving.canary.paired) --------------------------
 
+    def _unless_aborted(self, model: str, where: str) -> ManagedRollout | None:
+        """The rollout's record at a look; None once an operator's abort has put everything back
+        (a stopping plane leaves the rollout where it is)."""
+        if self._stopping.is_set():
+            raise _PlaneStopping()
+        current = self._load(model)
+        if current.abort_requested_by:
+            self._put_back(current, RolloutEnd.ABORTED, f"aborted by {current.abort_requested_by} {where}")
+            return None
+        return current
+
     def _mirror_keys(self, spec: RolloutSpec) -> tuple[str, str]:
         """The candidate and what its answers are paired with: the baseline instance where the
         rollout has one, else the stable instance."""
@@ -362,11 +373,8 @@ class RolloutController:
         try:
             last = self.clock()
             while True:
-                if self._stopping.is_set():
-                    raise _PlaneStopping()
-                current = self._load(spec.model)
-                if current.abort_requested_by:
-                    self._put_back(current, RolloutEnd.ABORTED, f"aborted by {current.abort_requested_by} in the shadow step")
+                current = self._unless_aborted(spec.model, "in the shadow step")
+                if current is None:
                     return
                 now = self.clock()
                 if current.paused_by:
@@ -512,11 +520,8 @@ class RolloutController:
         end = self.clock() + policy.window_seconds
         self.log(f"Watching {spec.canary} for {policy.window_seconds:g} s with {spec.stable} kept warm")
         while True:
-            if self._stopping.is_set():
-                raise _PlaneStopping()
-            current = self._load(spec.model)
-            if current.abort_requested_by:
-                self._put_back(current, RolloutEnd.ABORTED, f"aborted by {current.abort_requested_by} during the watch")
+            current = self._unless_aborted(spec.model, "during the watch")
+            if current is None:
                 return
             closed = self.clock() >= end
             observations = self._retrying(lambda: gateway.observations(after=after), spec, "read the gateway")
