@@ -18,6 +18,7 @@ ends the rollout as failed, with traffic and aliases put back.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
@@ -329,6 +330,20 @@ class RolloutController:
 
     # ---- the shadow step and the sampled pairs (serving.canary.paired) --------------------------
 
+    @contextlib.contextmanager
+    def _probing(self, rollout: ManagedRollout):
+        """Probes through a weighted step or the watch too (the shadow step sends its own): the
+        probes' pairs join the sampled ones there."""
+        if not rollout.shadowed:
+            yield
+            return
+        policy = rollout.spec.shadow_policy
+        prober = Prober(self._gateway(rollout.spec.model), policy, list(PairScorer(policy).probes.values())).start()
+        try:
+            yield
+        finally:
+            prober.stop()
+
     def _unless_aborted(self, model: str, where: str) -> ManagedRollout | None:
         """The rollout's record at a look; None once an operator's abort has put everything back
         (a stopping plane leaves the rollout where it is)."""
@@ -469,9 +484,10 @@ class RolloutController:
         policy = spec.canary_policy
         if policy.strategy == "blue-green":  # the shadow step judged it: all traffic at once, the old kept at 0 %
             policy = policy.model_copy(update={"steps": [100]})
-        state = canary_rollout.run_canary(
-            gateway, self.home.files.rollout(spec.model), policy, spec.model, spec.stable, spec.canary,
-            spec.canary_url, spec.baseline_url, log=self.log, control=self._control(spec.model), paired=paired)
+        with self._probing(rollout):
+            state = canary_rollout.run_canary(
+                gateway, self.home.files.rollout(spec.model), policy, spec.model, spec.stable, spec.canary,
+                spec.canary_url, spec.baseline_url, log=self.log, control=self._control(spec.model), paired=paired)
         self._update(spec.model, lambda r: setattr(r, "canary", state))
         if state.phase is Phase.PROMOTED:
             self._update(spec.model, lambda r: setattr(r, "stage", Stage.PROMOTING))
@@ -519,10 +535,24 @@ class RolloutController:
                                                               "read the gateway's mirror"))
         end = self.clock() + policy.window_seconds
         self.log(f"Watching {spec.canary} for {policy.window_seconds:g} s with {spec.stable} kept warm")
+        with self._probing(rollout):
+            result, figures = self._watch_window(rollout, gateway, after, end, paired)
+        if result is None:
+            return  # ended in the window: put back
+        self._update(spec.model, lambda r: setattr(r, "watch", result))
+        self.log(f"Watch passed: {figures.requests} requests, TTFT p95 {figures.ms('ttft_s', 95) or 0:.0f} ms")
+        self._retrying(lambda: retire_instance(gateway, self.fleet, spec.stable, log=self.log), spec,
+                       "retire the previous champion's instance")
+        self._end(spec.model, RolloutEnd.PROMOTED, f"{spec.canary} is the champion; {spec.stable} is previous")
+
+    def _watch_window(self, rollout: ManagedRollout, gateway: GatewayAdmin, after: int, end: float, paired):
+        """Look until the window closes: (the passing result, the new champion's figures), or
+        (None, None) once a breach or an abort has put everything back."""
+        spec, policy = rollout.spec, rollout.spec.watch_policy
         while True:
             current = self._unless_aborted(spec.model, "during the watch")
             if current is None:
-                return
+                return None, None
             closed = self.clock() >= end
             observations = self._retrying(lambda: gateway.observations(after=after), spec, "read the gateway")
             figures = VersionWindow.from_observations(spec.canary, observations)
@@ -534,15 +564,10 @@ class RolloutController:
             if result.outcome is Outcome.FAIL or (closed and result.outcome is not Outcome.PASS):
                 self._update(spec.model, lambda r: setattr(r, "watch", result))
                 self._put_back(current, RolloutEnd.ROLLED_BACK, "post-promotion watch: " + "; ".join(result.reasons))
-                return
+                return None, None
             if closed:
-                break
+                return result, figures
             self._sleep(spec.canary_policy.analysis_interval_seconds)
-        self._update(spec.model, lambda r: setattr(r, "watch", result))
-        self.log(f"Watch passed: {figures.requests} requests, TTFT p95 {figures.ms('ttft_s', 95) or 0:.0f} ms")
-        self._retrying(lambda: retire_instance(gateway, self.fleet, spec.stable, log=self.log), spec,
-                       "retire the previous champion's instance")
-        self._end(spec.model, RolloutEnd.PROMOTED, f"{spec.canary} is the champion; {spec.stable} is previous")
 
     # ---- putting back ----------------------------------------------------------------------
 
