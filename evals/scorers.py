@@ -46,7 +46,7 @@ class GuardModel:
                                               timeout=policy.timeout_seconds)
 
     def label(self, prompt: str) -> bool | None:
-        question = self.policy.prompt_template.format(prompt=_question_of(prompt))
+        question = self.policy.prompt_template.format(prompt=last_question(prompt))
         try:
             answer = self.client.completions.create(model=self.policy.model, prompt=question, max_tokens=4,
                                                     temperature=0.0).choices[0].text
@@ -59,8 +59,8 @@ class GuardModel:
         return [self.label(prompt) for prompt in prompts]
 
 
-def _question_of(prompt: str) -> str:
+def last_question(prompt: str) -> str:
     """The user's request inside a served-format prompt (`Q: ...\\nA:`, the last turn of a
-    conversation), so the guard judges the request, not the transcript."""
+    conversation), so a scorer judges the request, not the transcript; other text as it is."""
     turns = re.findall(r"Q: (.*?)\nA:", prompt, flags=re.S)
     return turns[-1].strip() if turns else prompt.strip()

@@ -17,7 +17,7 @@ import time
 from typing import Callable
 
 from evals.probes import Probe, load_probes, probe_answered_right
-from evals.scorers import AnswerScorer, GuardModel, PromptScorer, RefusalDetector
+from evals.scorers import AnswerScorer, GuardModel, PromptScorer, RefusalDetector, last_question
 from fledge.core.policy import ShadowPolicy
 from serving.canary.paired import PairSide, ScoredPair
 from serving.gateway.client import GatewayAdmin
@@ -40,9 +40,7 @@ def request_text(pair: dict) -> str:
             return str(users[-1]) if users else prompt
         except ValueError:
             return prompt
-    marker = prompt.rfind("Q: ")
-    question = prompt[marker + 3:] if marker >= 0 else prompt
-    return question.removesuffix("\nA:").strip()
+    return last_question(prompt)
 
 
 class PairScorer:
@@ -70,7 +68,8 @@ class PairScorer:
     def add(self, raw_pairs: list[dict]) -> list[ScoredPair]:
         """Score the pairs not scored yet; returns the new ones."""
         fresh = [raw for raw in raw_pairs if raw["seq"] not in self.scored]
-        user_prompts = [request_text(raw) for raw in fresh if not raw.get("probe")]
+        requests = {raw["seq"]: request_text(raw) for raw in fresh}
+        user_prompts = [requests[raw["seq"]] for raw in fresh if not raw.get("probe")]
         labels = iter(self.prompts.harmful(user_prompts) if self.prompts is not None and user_prompts else [])
         new = []
         for raw in fresh:
@@ -80,7 +79,7 @@ class PairScorer:
             else:
                 harmful = next(labels, None) if self.prompts is not None and not raw.get("probe") else None
                 source = "guard" if harmful is not None else None
-            prompt = request_text(raw)
+            prompt = requests[raw["seq"]]
             pair = ScoredPair(
                 seq=raw["seq"], at=raw["at"], prompt_sha256=sha256(raw["prompt"]),
                 prompt_text=raw["prompt"] if self.policy.store_raw_text else None,
