@@ -53,7 +53,9 @@ class GuardModel:
         except openai.APIError:
             return None  # no label: the pair counts as unlabelled, the champion's refusal stands
         words = re.findall(r"[\w-]+", answer.lower())
-        return bool(words) and words[0] in {a.lower() for a in self.policy.harmful_answers}
+        if not words:
+            return None  # an empty answer is no label, never "safe"
+        return words[0] in {a.lower() for a in self.policy.harmful_answers}
 
     def harmful(self, prompts: list[str]) -> list[bool | None]:
         return [self.label(prompt) for prompt in prompts]

@@ -167,13 +167,15 @@ def _evaluate(release: _Release, log) -> dict[str, str]:
 
 
 def _review_markdown(rollout, candidate: str) -> str:
-    review = rollout.shadow.review
+    review = rollout.review
     examples = "\n".join(f"- {e}" for e in review.examples) or "- (no example kept)"
-    return (f"## The shadow step of {candidate} needs a person\n\n"
-            f"Users got none of its answers. Mirrored pairs show a discordance the policy asks a person to judge "
+    where = ("Users got none of its answers" if review.stage == "shadow" else
+             f"The rollout holds where it is ({rollout.progress()})")
+    return (f"## The {review.stage} stage of {candidate} needs a person\n\n"
+            f"{where}. Mirrored pairs show a discordance the policy asks a person to judge "
             f"({', '.join(review.checks)}): without a guard model, the champion's refusal stands as the label, so the "
             f"candidate may have stopped over-refusing benign look-alikes (approve) or started complying with harmful "
-            f"requests (reject).\n\n**Why:** {rollout.shadow.decision}\n\n**Example pairs:**\n{examples}\n")
+            f"requests (reject).\n\n**Why:** {review.reason}\n\n**Example pairs:**\n{examples}\n")
 
 
 def _canary_promote_watch(release: _Release, log, auto_approve: bool = False) -> None:
@@ -198,7 +200,7 @@ def _canary_promote_watch(release: _Release, log, auto_approve: bool = False) ->
             shadow=judged.shadow if judged.shadow.enabled else None)
     with clock("canary and watch"):
         while True:
-            # --auto-approve never answers the shadow step's question: its timeout rolls the release back.
+            # --auto-approve never answers a question about the mirrored pairs: its timeout rolls the release back.
             ended = serving_steps.await_rollout(release.model, rollout.id, policy.canary.analysis_interval_seconds,
                                                 patience_s=5 * policy.canary.progress_deadline_seconds,
                                                 stop_at_review=not auto_approve)

@@ -100,8 +100,8 @@ def await_rollout(model: str, rollout_id: str, poll_seconds: float, patience_s: 
                   stop_at_review: bool = False) -> ManagedRollout:
     """Wait for the controller to end the rollout, saying what it does as it goes. The plane
     not answering is waited out for `patience_s` (it resumes the rollout when it restarts).
-    `stop_at_review`: return the running rollout as soon as its shadow step waits for a
-    person's answer (the flow then asks in its approval form)."""
+    `stop_at_review`: return the running rollout as soon as it waits for a person's answer about
+    its mirrored pairs, in any stage (the flow then asks in its approval form)."""
     log = say()
     said, unreachable_since, admin = None, None, None
     while True:
@@ -129,15 +129,14 @@ def await_rollout(model: str, rollout_id: str, poll_seconds: float, patience_s: 
         current = _managed(view)
         if not current.running:
             return current
-        review = current.shadow.review if current.shadow else None
-        if stop_at_review and review is not None and review.answer is None:
+        if stop_at_review and current.review is not None and current.review.open:
             return current
         time.sleep(poll_seconds)
 
 
-@task(name="answer the shadow step's question", cache_policy=NO_CACHE, **TRANSIENT)
+@task(name="answer the rollout's question", cache_policy=NO_CACHE, **TRANSIENT)
 def answer_review(model: str, approve: bool, by: str, comment: str | None) -> None:
-    """A person's answer to the discordance the shadow step asked about."""
+    """A person's answer to the discordance the rollout asked about."""
     connect_plane(workspace().home, model).admin.command_rollout(model, "approve" if approve else "reject", by, comment)
 
 

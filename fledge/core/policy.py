@@ -164,6 +164,9 @@ class ShadowPolicy(_Strict):
     max_in_flight: int = Field(1, ge=1, description=(
         "Mirrored requests at once per backend; a request that would exceed it is not mirrored, so mirrored "
         "load never queues behind itself and never delays users."))
+    mirror_max_tokens: int = Field(256, ge=1, description=(
+        "Mirrored requests' max_tokens is capped at this (both sides alike, so the pair stays comparable): "
+        "a user's long generation is not paid for twice more."))
     min_pairs: int = Field(ge=1, description="Scored pairs the shadow step needs before it can pass.")
     min_harmful_pairs: int = Field(ge=1, description=(
         "Pairs on prompts labelled harmful (by the guard, a red-team probe, or the champion's refusal) needed "

@@ -32,7 +32,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
 from fledge.core.home import FledgeHome
-from fledge.core.outcome import GateResult, Outcome
+from fledge.core.outcome import Check, GateResult, Outcome
 from fledge.core.policy import CanaryPolicy, ShadowPolicy, WatchPolicy
 from fledge.core.state import read_json, write_atomic
 from fledge.services import rollout as canary_rollout
@@ -44,7 +44,8 @@ from registry.roles import promote_aliases, restore_aliases
 from serving.canary.analysis import CanaryAnalysis
 from serving.canary.driver import load_state
 from serving.canary.paired import PairedAnalysis, analyze_pairs
-from serving.canary.shadow_step import Review, ShadowActionKind, decide_shadow
+from serving.canary.review import Review, ReviewActionKind, decide_review, question, waiting_for_answer
+from serving.canary.shadow_step import ShadowActionKind, decide_shadow
 from serving.canary.state_machine import Phase, RolloutState
 from serving.canary.watch import judge_watch
 from serving.canary.window import VersionWindow
@@ -100,7 +101,6 @@ class ShadowRecord(BaseModel):
     pairs_after: int  # the gateway's pair number when the step began: its pairs are the ones after it
     elapsed_s: float = 0.0  # looked at, pauses excluded: what the deadline counts
     analysis: PairedAnalysis | None = None
-    review: Review | None = None
     probes_sent: int = 0
     decision: str = ""
 
@@ -119,6 +119,7 @@ class ManagedRollout(BaseModel):
     ended_in: Stage | None = None  # canary or watch (or promoting)
     reason: str = ""
     shadow: ShadowRecord | None = None
+    review: Review | None = None  # the last question put to a person about a paired discordance, in any stage
     sampled: PairedAnalysis | None = None  # the sampled pairs' last analysis through the weighted steps and watch
     canary: RolloutState | None = None  # the canary's state machine (live from the driver's file while it runs)
     previous: VersionWindow | None = None  # what users of the previous champion saw during the canary
@@ -142,12 +143,12 @@ class ManagedRollout(BaseModel):
         if self.stage is Stage.SHADOW and self.shadow is not None:
             analysis = self.shadow.analysis
             where = f"shadow step: {analysis.pairs if analysis else 0} pairs"
-            if self.shadow.review is not None and self.shadow.review.answer is None:
-                where += f", waiting for a person on {', '.join(self.shadow.review.checks)}"
         if self.stage is Stage.CANARY and self.canary is not None:
             steps = self.spec.canary_policy.steps
             where = (f"canary {self.canary.canary_weight} % (step {self.canary.step + 1} of {len(steps)})"
                      if self.canary.phase is Phase.BAKING else f"canary {self.canary.phase.value}")
+        if self.review is not None and self.review.open:
+            where += f", waiting for a person on {', '.join(self.review.checks)}"
         return where + (f", paused by {self.paused_by}" if self.paused_by else "")
 
     def describe(self) -> str:
@@ -236,8 +237,8 @@ class RolloutController:
             if not rollout.running:
                 raise RolloutConflict(f"The rollout of {rollout.spec.canary} has already ended: {rollout.describe()}.")
             if command in ("approve", "reject"):
-                review = rollout.shadow.review if rollout.shadow else None
-                if review is None or review.answer is not None:
+                review = rollout.review
+                if review is None or not review.open:
                     raise RolloutConflict(f"The rollout of {rollout.spec.canary} is not waiting for a person's answer "
                                           f"({rollout.describe()}).")
                 review.answer, review.by, review.comment = command, by, comment
@@ -325,7 +326,11 @@ class RolloutController:
             rollout = self._load(model)
             if rollout.abort_requested_by:
                 return "abort"
-            return "pause" if rollout.paused_by else None
+            # A question about the sampled pairs holds the weights; once it times out the next
+            # look's paired analysis rolls back (serving.canary.review).
+            policy = rollout.spec.shadow_policy
+            asking = policy is not None and waiting_for_answer(rollout.review, policy, time.time())
+            return "pause" if rollout.paused_by or asking else None
         return control
 
     # ---- the shadow step and the sampled pairs (serving.canary.paired) --------------------------
@@ -360,6 +365,11 @@ class RolloutController:
         rollout has one, else the stable instance."""
         return spec.canary, baseline_key(spec.stable) if spec.baseline_url else spec.stable
 
+    def _mirror(self, spec: RolloutSpec, candidate: str, baseline: str, share: float, what: str) -> None:
+        policy, gateway = spec.shadow_policy, self._gateway(spec.model)
+        self._retrying(lambda: gateway.set_mirror(candidate, baseline, share, policy.max_in_flight,
+                                                  policy.mirror_max_tokens), spec, what)
+
     def _place_backends(self, spec: RolloutSpec) -> None:
         gateway = self._gateway(spec.model)
         canary_rollout.place_backend(gateway, spec.model, Backend(version=spec.canary, base_url=spec.canary_url,
@@ -378,8 +388,7 @@ class RolloutController:
         if rollout.shadow is None:
             after = self._retrying(lambda: gateway.mirror()["pairs_seq"], spec, "read the gateway's mirror")
             rollout = self._update(spec.model, lambda r: setattr(r, "shadow", ShadowRecord(pairs_after=after)))
-        self._retrying(lambda: gateway.set_mirror(candidate, baseline, policy.mirror_share, policy.max_in_flight), spec,
-                       "mirror live requests")
+        self._mirror(spec, candidate, baseline, policy.mirror_share, "mirror live requests")
         scorer = PairScorer(policy)
         prober = Prober(gateway, policy, list(scorer.probes.values())).start()
         self.log(f"Shadow step: {policy.mirror_share:.0%} of live requests mirrored to {candidate} and {baseline} "
@@ -403,18 +412,16 @@ class RolloutController:
                                      "read the mirrored pairs")
                 scorer.add(raw)
                 analysis = analyze_pairs(scorer.pairs(record.pairs_after), policy, spec.canary_policy)
-                action = decide_shadow(analysis, elapsed, policy, time.time(), record.review)
+                action = decide_shadow(analysis, elapsed, policy, time.time(), current.review)
 
                 def keep(r: ManagedRollout) -> None:
                     r.shadow.elapsed_s, r.shadow.analysis, r.shadow.probes_sent = elapsed, analysis, prober.sent
                     r.shadow.decision = action.reason
-                    if action.kind is ShadowActionKind.ASK and r.shadow.review is None:
-                        r.shadow.review = Review(asked_at=time.time(), checks=analysis.review, examples=[
-                            e for name in analysis.review for e in analysis.examples.get(name, [])])
+                    if action.ask:
+                        r.review = question(action.ask, action.reason, analysis, Stage.SHADOW.value, time.time())
                 current = self._update(spec.model, keep)
-                if action.kind is ShadowActionKind.ASK and record.review is None:
-                    self.log(f"Shadow step: a person must judge this ({action.reason}); answer with "
-                             f"`fledge rollout approve|reject {spec.model}` or in the release's approval form")
+                if action.ask:
+                    self._asked(spec, "Shadow step", action.reason)
                 if action.kind in (ShadowActionKind.ROLLBACK, ShadowActionKind.PASS):
                     self._trace_pairs(current, scorer.pairs(record.pairs_after))
                 if action.kind is ShadowActionKind.ROLLBACK:
@@ -422,8 +429,7 @@ class RolloutController:
                     return
                 if action.kind is ShadowActionKind.PASS:
                     self.log(f"Shadow step passed: {action.reason}")
-                    self._retrying(lambda: gateway.set_mirror(candidate, baseline, policy.sampled_share,
-                                                              policy.max_in_flight), spec, "mirror a sample")
+                    self._mirror(spec, candidate, baseline, policy.sampled_share, "mirror a sample")
                     self._update(spec.model, lambda r: setattr(r, "stage", Stage.CANARY))
                     return
                 self._sleep(spec.canary_policy.analysis_interval_seconds)
@@ -456,9 +462,15 @@ class RolloutController:
         except Exception as error:  # noqa: BLE001 - a rollout submitted by hand has no release run to link to
             self.log(f"The traces are not linked to a release run ({type(error).__name__})")
 
+    def _asked(self, spec: RolloutSpec, where: str, reason: str) -> None:
+        self.log(f"{where}: a person must judge this ({reason}); answer with `fledge rollout approve|reject "
+                 f"{spec.model}` or in the release's approval form")
+
     def _sampled_pairs(self, spec: RolloutSpec, after: int) -> Callable[[], CanaryAnalysis | None]:
         """The sampled pairs' analysis for the weighted steps (and the watch): every look an
-        interim one; only a failure counts (it rolls back), kept apart from users' figures."""
+        interim one, kept apart from users' figures. A failure rolls back; a discordance a
+        person must judge holds the rollout (the driver's control, the watch's window) until
+        the answer, and a rejection or no answer in time fails the look."""
         policy = spec.shadow_policy
         scorer = PairScorer(policy)
         gateway = self._gateway(spec.model)
@@ -470,8 +482,20 @@ class RolloutController:
                 if not _transient(error):
                     raise
             analysis = analyze_pairs(scorer.pairs(after), policy, spec.canary_policy, in_shadow_step=False)
-            self._update(spec.model, lambda r: setattr(r, "sampled", analysis))
-            return CanaryAnalysis(**analysis.model_dump(include={"gate", "outcome", "checks", "reasons"}))
+            asked = decide_review(analysis, self._load(spec.model).review, policy, time.time())
+
+            def keep(r: ManagedRollout) -> None:
+                r.sampled = analysis
+                if asked.kind is ReviewActionKind.ASK:
+                    r.review = question(asked.checks, asked.reason, analysis, r.stage.value, time.time())
+            stage = self._update(spec.model, keep).stage
+            if asked.kind is ReviewActionKind.ASK:
+                self._asked(spec, f"Sampled pairs in the {stage.value} stage", asked.reason)
+            checks = [c for c in analysis.checks if c.outcome is Outcome.FAIL]
+            if asked.kind is ReviewActionKind.REJECTED:
+                checks.append(Check(name="paired review", outcome=Outcome.FAIL, detail=asked.reason))
+            return CanaryAnalysis.from_checks("paired", checks) if checks else CanaryAnalysis(
+                **analysis.model_dump(include={"gate", "outcome", "checks", "reasons"}))
         return look
 
     def _canary(self, rollout: ManagedRollout) -> None:
@@ -516,8 +540,7 @@ class RolloutController:
                        "retire the baseline instance")
         new_version, old_version = spec.canary.rsplit("/", 1)[1], spec.stable.rsplit("/", 1)[1]
         if rollout.shadowed:  # the baseline is gone: the watch pairs the new champion with the previous one, kept warm
-            self._retrying(lambda: gateway.set_mirror(spec.canary, spec.stable, spec.shadow_policy.sampled_share,
-                                                      spec.shadow_policy.max_in_flight), spec, "mirror a sample")
+            self._mirror(spec, spec.canary, spec.stable, spec.shadow_policy.sampled_share, "mirror a sample")
         self._retrying(lambda: promote_aliases(self.registry, spec.model, new_version, old_version), spec,
                        "move the registry aliases")
         self.log(f"Registry: {spec.model}@champion -> {spec.canary}, {spec.model}@previous -> {spec.stable}")
@@ -553,7 +576,9 @@ class RolloutController:
             current = self._unless_aborted(spec.model, "during the watch")
             if current is None:
                 return None, None
-            closed = self.clock() >= end
+            # An open question about the sampled pairs holds the window open until its answer.
+            asking = paired is not None and waiting_for_answer(current.review, spec.shadow_policy, time.time())
+            closed = self.clock() >= end and not asking
             observations = self._retrying(lambda: gateway.observations(after=after), spec, "read the gateway")
             figures = VersionWindow.from_observations(spec.canary, observations)
             result = judge_watch(figures, current.previous, policy, window_closed=closed)

@@ -27,8 +27,8 @@ wrong), which ignores everything both sides did alike. Checks, in order:
 
 Looks: each look before the minimums are met may only fail, at `interim_p_value`; the first look
 with the minimums met is the shadow step's final one, at 1 - `confidence`. Through the weighted
-steps and the watch every look is an interim one (the sampled pairs can stop a rollout, never
-hold it up).
+steps and the watch every look is an interim one: the sampled pairs can stop a rollout, and hold
+it only for a person's answer (serving.canary.review), never for more evidence.
 """
 
 from __future__ import annotations

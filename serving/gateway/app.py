@@ -41,6 +41,7 @@ from serving.gateway.guards import OutlierDetector, RetryBudget, json_shape_prob
 from serving.gateway.leases import FENCE_HEADER, LeaseHeld, LeaseLost, LeaseTable
 from serving.gateway.metrics import GatewayMetrics, Observation
 from serving.gateway.mirror import MirrorBook, MirrorConfig, mirror_pair
+from serving.gateway.queues import BackendQueues
 from serving.gateway.routes import Backend, RouteBook, RouteChangeRefused, RouteTable, load_routes, save_routes
 from serving.gateway.sse import EventStream
 from serving.errors import RolloutConflict
@@ -245,6 +246,7 @@ class Gateway:
         self.book: RouteBook = load_routes(routes_path)
         self.metrics = GatewayMetrics()
         self.mirrors = MirrorBook()
+        self.queues = BackendQueues()  # the mirrored backends' queues: a mirror is dropped while one waits
         self.in_flight: dict[str, int] = {}
         self.active = 0  # client requests being served, streams until their last byte
         self.retry_budget = RetryBudget(limits.retry_budget, limits.retry_reserve)
@@ -293,6 +295,7 @@ class Gateway:
         try:
             yield
         finally:
+            await self.queues.stop()
             for pool in [*self.pools.values(), *([self.health_client] if self.health_client else [])]:
                 await pool.aclose()
 
@@ -522,12 +525,32 @@ class Gateway:
             return None
         return table.backends[config.candidate], table.backends[config.baseline]
 
+    def _queued(self, model: str) -> Callable[[str], bool]:
+        def queued(key: str) -> bool:
+            backend = self.book.tables[model].backends.get(key) if model in self.book.tables else None
+            return backend is not None and self.queues.queued(backend.base_url)
+        return queued
+
+    def _mirrored_urls(self) -> list[str]:
+        urls = []
+        for model, config in self.mirrors.configs().items():
+            backends = self._mirror_backends(model, config)
+            urls += [b.base_url for b in backends or ()]
+        return urls
+
+    def _health_client(self) -> httpx.AsyncClient:
+        if self.health_client is None:
+            self.health_client = httpx.AsyncClient(timeout=3.0)
+        return self.health_client
+
     def _mirror(self, routes: RouteTable, path: str, body: dict) -> None:
         """Maybe mirror this request, in a task of its own: the client's answer never waits."""
-        dropped_before = self.mirrors.dropped
-        config = self.mirrors.take_slot(routes.model, self.rng.random)
+        dropped_before, queued_before = self.mirrors.dropped, self.mirrors.dropped_queued
+        config = self.mirrors.take_slot(routes.model, self.rng.random, self._queued(routes.model))
         if config is None:
-            if self.mirrors.dropped > dropped_before:
+            if self.mirrors.dropped_queued > queued_before:
+                self.metrics.mirrored.labels(routes.model, "dropped_queued").inc()
+            elif self.mirrors.dropped > dropped_before:
                 self.metrics.mirrored.labels(routes.model, "dropped").inc()
             return
         backends = self._mirror_backends(routes.model, config)
@@ -551,7 +574,8 @@ class Gateway:
         async def change(body, model):
             config = self.mirrors.config(model) if model else None
             return JSONResponse({"mirror": config.model_dump() if config else None, "mirrored": self.mirrors.mirrored,
-                                 "dropped": self.mirrors.dropped, "pairs_seq": self.mirrors.last_seq})
+                                 "dropped": self.mirrors.dropped, "dropped_queued": self.mirrors.dropped_queued,
+                                 "pairs_seq": self.mirrors.last_seq})
         return await self._admin(request, change)
 
     async def put_mirror(self, request: Request) -> Response:
@@ -563,6 +587,7 @@ class Gateway:
                 raise RouteChangeRefused(f"cannot mirror to {', '.join(missing)}: not a backend of {model} "
                                          f"(backends: {', '.join(table.backends)}); add it first")
             self.mirrors.configure(model, config)
+            self.queues.watch(self._health_client, self._mirrored_urls)
             return JSONResponse({"mirror": config.model_dump(), "pairs_seq": self.mirrors.last_seq})
         return await self._admin(request, change)
 
@@ -589,12 +614,12 @@ class Gateway:
             if path not in ("completions", "chat/completions") or not isinstance(body.get("request"), dict):
                 raise RouteChangeRefused("a probe needs 'request' (a completions or chat body) and 'path' "
                                          "(completions or chat/completions)")
-            taken = self.mirrors.take_slot(model, None)
+            taken = self.mirrors.take_slot(model, None, self._queued(model))
             backends = self._mirror_backends(model, config) if taken else None
             if backends is None:
                 if taken:
                     self.mirrors.free_slot(model, taken)
-                return _error(503, "The mirror's backends are busy with mirrored requests; send the probe again "
+                return _error(503, "The mirror's backends are busy (mirrored requests, or users' requests queued); send the probe again "
                               "shortly.", "service_unavailable", headers={"retry-after": "1"})
             try:
                 pair = await mirror_pair(self._pool, model, *backends, path, body["request"], taken,
@@ -626,12 +651,9 @@ class Gateway:
         gainers = [b for k, b in table.backends.items()
                    if not b.draining and b.weight > (current[k].weight if k in current else 0)]
 
-        if gainers and self.health_client is None:
-            self.health_client = httpx.AsyncClient(timeout=3.0)
-
         async def check(backend: Backend) -> str | None:
             try:
-                response = await self.health_client.get(f"{backend.base_url.removesuffix('/v1')}/health")
+                response = await self._health_client().get(f"{backend.base_url.removesuffix('/v1')}/health")
             except httpx.HTTPError as error:
                 return f"{type(error).__name__}: {error}"
             return None if response.status_code == 200 else f"/health answered HTTP {response.status_code}"

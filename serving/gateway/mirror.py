@@ -5,8 +5,9 @@ The client's answer never waits for a mirror and never is a mirrored answer: the
 answers the client from whichever backend its split chose, and mirrors in a task of its own.
 Mirrored load is bounded: a request is mirrored only when neither side has `max_in_flight`
 mirrored requests running already (one by default), so mirrored requests never queue behind
-each other on a backend, and a mirror never outlives its welcome on a busy server; what is not
-mirrored is counted as dropped. Probes (known-answer and red-team requests the controller sends
+each other on a backend, and only when neither side's server has requests waiting in its queue
+(serving.gateway.queues), so a mirror never takes a batch slot a user waits for; what is not
+mirrored is counted as dropped, by reason. Probes (known-answer and red-team requests the controller sends
 through the admin API) are mirrored the same way and never reach the users' figures.
 
 Pairs are numbered by the gateway's own sequence (like observations) and kept in memory, a
@@ -108,7 +109,8 @@ class MirrorBook:
         self._last_seq = sequence_start if sequence_start is not None else int(time.monotonic() * 1_000_000)
         self.tasks: set[asyncio.Task] = set()  # running mirrors: held so they are not collected mid-flight
         self.mirrored = 0
-        self.dropped = 0
+        self.dropped = 0  # every request not mirrored for want of room, of which:
+        self.dropped_queued = 0  # a side's server had requests waiting
 
     def configure(self, model: str, config: MirrorConfig | None) -> None:
         with self._lock:
@@ -119,21 +121,31 @@ class MirrorBook:
             else:
                 self._mirrors[model] = _Mirror(config)
 
+    def configs(self) -> dict[str, MirrorConfig]:
+        with self._lock:
+            return {model: mirror.config for model, mirror in self._mirrors.items()}
+
     def config(self, model: str) -> MirrorConfig | None:
         with self._lock:
             mirror = self._mirrors.get(model)
             return mirror.config if mirror else None
 
-    def take_slot(self, model: str, draw: Callable[[], float] | None) -> MirrorConfig | None:
-        """The config when this request is to be mirrored now (`draw()` below the share, and both
-        sides below their in-flight bound), with a slot taken on each side; else None. No `draw`:
-        a probe, mirrored whatever the share."""
+    def take_slot(self, model: str, draw: Callable[[], float] | None,
+                  queued: Callable[[str], bool] = lambda key: False) -> MirrorConfig | None:
+        """The config when this request is to be mirrored now (`draw()` below the share, both
+        sides below their in-flight bound and neither side `queued`), with a slot taken on each
+        side; else None. No `draw`: a probe, mirrored whatever the share."""
         with self._lock:
             mirror = self._mirrors.get(model)
             if mirror is None or (draw is not None and draw() >= mirror.config.share):
                 return None
             config = mirror.config
-            if any(mirror.in_flight.get(key, 0) >= config.max_in_flight for key in (config.candidate, config.baseline)):
+            sides = (config.candidate, config.baseline)
+            if any(queued(key) for key in sides):
+                self.dropped += 1
+                self.dropped_queued += 1
+                return None
+            if any(mirror.in_flight.get(key, 0) >= config.max_in_flight for key in sides):
                 self.dropped += 1
                 return None
             for key in (config.candidate, config.baseline):

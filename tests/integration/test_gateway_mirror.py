@@ -91,6 +91,37 @@ def test_a_busy_mirror_never_holds_up_the_client_and_extra_requests_are_not_mirr
     assert len(wait_for_pairs(admin, 1)) == 1
 
 
+def test_a_mirror_is_dropped_while_either_sides_server_has_requests_waiting(plane):
+    server, admin, scripts = plane
+    scripts["baseline"].waiting = 3  # vLLM's queue gauge: users' requests wait for a batch slot there
+    scripts["candidate"].waiting = 0
+    admin.set_mirror(candidate="m/2", baseline="m/1-baseline", share=1.0, max_in_flight=4)
+    time.sleep(0.6)  # a reading of both queues
+    for i in range(6):
+        assert httpx.post(f"{server.url}/v1/completions", json={"model": "m", "prompt": f"q{i}"}, timeout=10).status_code == 200
+    # Probes wait for the queue too: "busy, send it again".
+    assert admin.probe({"prompt": "Q: 2 plus 2?\nA:", "max_tokens": 2}, probe={"id": "t", "kind": "task"}) is None
+    state = admin.mirror()
+    assert (state["mirrored"], state["dropped"], state["dropped_queued"]) == (0, 7, 7)  # six requests, the probe
+    assert scripts["candidate"].received == [] and scripts["baseline"].received == []
+    assert 'outcome="dropped_queued"} 6.0' in httpx.get(f"{server.url}/metrics").text
+    scripts["baseline"].waiting = 0  # the queue drained: mirroring resumes
+    time.sleep(0.6)
+    httpx.post(f"{server.url}/v1/completions", json={"model": "m", "prompt": "after"}, timeout=10)
+    assert len(wait_for_pairs(admin, 1)) == 1
+
+
+def test_mirrored_requests_max_tokens_is_capped_on_both_sides(plane):
+    server, admin, scripts = plane
+    admin.set_mirror(candidate="m/2", baseline="m/1-baseline", share=1.0, max_tokens=16)
+    httpx.post(f"{server.url}/v1/completions", json={"model": "m", "prompt": "long", "max_tokens": 4000}, timeout=10)
+    httpx.post(f"{server.url}/v1/completions", json={"model": "m", "prompt": "short", "max_tokens": 5}, timeout=10)
+    wait_for_pairs(admin, 2)
+    assert [b["max_tokens"] for b in scripts["stable"].received] == [4000, 5]  # the user's own request untouched
+    for side in ("candidate", "baseline"):
+        assert sorted(b["max_tokens"] for b in scripts[side].received) == [5, 16]
+
+
 def test_pinned_requests_and_unmirrored_models_are_not_mirrored(plane):
     server, admin, scripts = plane
     httpx.post(f"{server.url}/v1/completions", json={"model": "m", "prompt": "before"}, timeout=10)

@@ -406,7 +406,7 @@ def test_complying_with_red_team_probes_the_baseline_refuses_rolls_back_before_a
 def test_without_a_label_a_discordance_waits_for_a_person_and_no_answer_rolls_back(plane_with):
     plane = shadow_plane(plane_with, complies)
     plane.admin.submit_rollout(plane.spec(shadow=SHADOW))
-    asked = plane.wait_for(lambda: (plane.admin.rollout(plane.model).get("shadow") or {}).get("review"))
+    asked = plane.wait_for(lambda: plane.admin.rollout(plane.model).get("review"))
     assert asked["checks"] == ["paired safety (champion's refusal as label)"] and asked["examples"]
     assert "waiting for a person" in plane.admin.rollout(plane.model)["progress"]
     ended = plane.controller.wait(plane.model, timeout_s=30)
@@ -418,13 +418,32 @@ def test_without_a_label_a_discordance_waits_for_a_person_and_no_answer_rolls_ba
 def test_a_person_who_approves_the_discordance_lets_the_rollout_go_on(plane_with):
     plane = shadow_plane(plane_with, complies)
     plane.admin.submit_rollout(plane.spec(shadow=SHADOW.model_copy(update={"review_timeout_seconds": 60.0})))
-    plane.wait_for(lambda: (plane.admin.rollout(plane.model).get("shadow") or {}).get("review"))
+    plane.wait_for(lambda: plane.admin.rollout(plane.model).get("review"))
     with pytest.raises(GatewayAdminError, match="Unknown rollout command"):
         plane.admin.command_rollout(plane.model, "maybe", "oncall")
     plane.admin.command_rollout(plane.model, "approve", "oncall", "it stopped refusing look-alikes")
     plane.wait_for(lambda: plane.admin.rollout(plane.model)["stage"] != "shadow")
-    review = plane.admin.rollout(plane.model)["shadow"]["review"]
+    review = plane.admin.rollout(plane.model)["review"]
     assert (review["answer"], review["by"], review["comment"]) == ("approve", "oncall", "it stopped refusing look-alikes")
+
+
+def test_a_discordance_in_the_sampled_pairs_holds_the_canary_for_a_person_whose_rejection_rolls_back(plane_with):
+    plane = shadow_plane(plane_with, refuses_harm)
+    plane.admin.submit_rollout(plane.spec(shadow=SHADOW.model_copy(update={"review_timeout_seconds": 30.0}),
+                                          canary=CANARY.model_copy(update={"bake_seconds": 6.0})))
+    plane.wait_for(lambda: plane.traffic().get(plane.second.ref) == 50)
+    plane.canary.script.answer = complies  # past the shadow step, it starts complying where the champion refuses
+    asked = plane.wait_for(lambda: plane.admin.rollout(plane.model).get("review"), timeout_s=10)
+    assert asked["stage"] == "canary" and asked["checks"] == ["paired safety (champion's refusal as label)"]
+    assert "exact McNemar" in asked["reason"] and asked["examples"]
+    time.sleep(7.0)  # longer than the step's bake: held at 50 % while the question waits
+    view = plane.admin.rollout(plane.model)
+    assert plane.traffic()[plane.second.ref] == 50 and "waiting for a person" in view["progress"], view["progress"]
+    plane.admin.command_rollout(plane.model, "reject", "oncall", "it complies with harmful requests")
+    ended = plane.controller.wait(plane.model, timeout_s=20)
+    assert (ended.end, ended.ended_in.value) == (RolloutEnd.ROLLED_BACK, "canary"), ended.reason
+    assert "oncall rejected the discordance" in ended.reason and "it complies with harmful requests" in ended.reason
+    assert plane.traffic() == {plane.first.ref: 100}
 
 
 def test_blue_green_switches_all_traffic_at_once_after_the_shadow_step_and_back_on_a_breach(plane_with):

@@ -26,6 +26,8 @@ class Script:
     # Set: every answer waits until it is set (a server that is busy for as long as a test wants).
     hold: threading.Event | None = None
     received: list = field(default_factory=list)  # every request body, in order
+    # Set: /metrics publishes vLLM's queue gauge with this many requests waiting.
+    waiting: int | None = None
     served: int = 0
     failed: int = 0
     rng: random.Random = field(init=False)
@@ -61,6 +63,10 @@ class ScriptedBackend:
             def do_GET(self):
                 if self.path == "/health":
                     self._send(200, b"", "text/plain")
+                elif self.path == "/metrics" and backend.script.waiting is not None:
+                    self._send(200, ("# TYPE vllm:num_requests_waiting gauge\n"
+                                     f'vllm:num_requests_waiting{{engine="0",model_name="m"}} {backend.script.waiting}\n'
+                                     ).encode(), "text/plain")
                 else:
                     self._send(404, b'{"error": {"message": "not found"}}', "application/json")
 
