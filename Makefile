@@ -16,7 +16,7 @@ test: setup
 
 # Pure logic and in-process integration only (real MLflow and Prefect): no zoo, no vLLM (a few minutes).
 test-fast: setup
-	@bash scripts/test.sh -m "not vllm and not zoo and not e2e" $(PYTEST_ARGS)
+	@bash scripts/test.sh -m "not vllm and not zoo and not e2e and not stack" $(PYTEST_ARGS)
 
 zoo: setup
 	.venv/bin/fledge zoo build

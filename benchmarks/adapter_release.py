@@ -71,7 +71,7 @@ def main() -> None:
                 for kind in order:
                     starts_before = len(plane.fleet.start_intervals(0))
                     began = time.perf_counter()
-                    summary = release(MODEL, candidates[kind].version, policy_path)
+                    summary = release(MODEL, candidates[kind].version, load_policy(policy_path))
                     seconds = time.perf_counter() - began
                     figures[kind] = (seconds, summary.outcome.value, len(plane.fleet.start_intervals(0)) - starts_before)
                     print(f"{kind}: {summary.outcome.value} in {seconds:.1f} s, {figures[kind][2]} vLLM start(s)", flush=True)

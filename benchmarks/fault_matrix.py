@@ -57,7 +57,9 @@ def write_policy(path: Path, approval_required: bool = False) -> str:
     data["canary"].update(steps=[50, 100], bake_seconds=8, analysis_interval_seconds=0.5, min_samples=10,
                           progress_deadline_seconds=60)
     data["watch"].update(window_seconds=8, min_samples=10)
-    data["approval"] = {"required": approval_required, "approvers": [], "timeout_seconds": 600}
+    # The matrix re-runs a release killed at its approval with --auto-approve: its policy permits that.
+    data["approval"] = {"required": approval_required, "approvers": [], "timeout_seconds": 600,
+                        "allow_auto_approve": True}
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     load_policy(path)
     return str(path)

@@ -1,54 +1,75 @@
-"""The approval step: the flow run pauses with a typed form whose description is the verdict
-report, so an approver decides from the Prefect UI alone; no answer in time rejects."""
+"""The approval step: the flow run pauses with a typed form whose description is the report, so
+an approver decides from the Prefect UI alone; no counted answer in time rejects.
+
+An answer counts only with the approver's signature of this run, this question, the report's
+digest and the answer (fledge.services.approval); one without is logged and the run keeps
+waiting, so a forged answer can neither approve nor end the wait early.
+"""
 
 from __future__ import annotations
 
 import time
 
-from prefect import get_run_logger
+from prefect import get_run_logger, runtime
 from prefect.exceptions import FlowPauseTimeout
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 from pydantic import Field
 
-from fledge.services.approval import ApprovalAnswer, ApprovalDecision, ApprovalOutcome, judge_approval
+from fledge.core.credentials import digest
 from fledge.core.policy import ApprovalPolicy
+from fledge.services.approval import (ApprovalAnswer, ApprovalDecision, ApprovalOutcome, Question, judge_approval,
+                                      signing_command)
 
 
 class ApprovalForm(RunInput):
     approve: bool = Field(False, description="Tick to approve the release; leave unticked to reject it.")
-    approver: str = Field("", description="Your name, as the release policy lists approvers.")
+    approver: str = Field("", description="Your name, as the release policy lists you in approval.people.")
+    credential: str = Field("", description="Your signature of this question and answer: run the command in the "
+                                            "description with your own key file and paste what it prints.")
     comment: str = Field("", description="Why: recorded on the model version and in the MLflow run.")
 
 
-def ask_for_approval(verdict_markdown: str, candidate: str, policy: ApprovalPolicy) -> ApprovalDecision:
-    """Pause until an allowed person answers or the policy's timeout passes. An answer from
-    someone the policy does not allow is logged and the flow keeps waiting."""
-    log = get_run_logger()
-    who = ", ".join(policy.approvers) if policy.approvers else "anyone"
-    description = (
+def _description(report: str, candidate: str, policy: ApprovalPolicy, question: Question) -> str:
+    who = ", ".join(p.name for p in policy.may_approve()) or "nobody: the policy lists no people"
+    return (
         f"## Approve the release of {candidate}?\n\n"
-        f"Approvers: {who}. No answer within {policy.timeout_seconds:g} s rejects the release.\n\n" + verdict_markdown
+        f"Approvers: {who}. No counted answer within {policy.timeout_seconds:g} s rejects the release.\n\n"
+        f"- Flow run: `{question.flow_run_id}`\n- Question: `{question.key}`\n"
+        f"- Report digest (SHA-256 of the report below): `{question.report_digest}`\n\n"
+        f"Sign your answer with your own key and paste the result as the credential:\n\n"
+        f"    {signing_command(question, True)}\n\n(`--reject` to reject). A name without a valid credential is not "
+        f"counted.\n\n" + report
     )
+
+
+def ask_for_approval(report: str, candidate: str, policy: ApprovalPolicy, key: str = "approval",
+                     requester: str | None = None, evaluation_runs: dict[str, str] | None = None
+                     ) -> tuple[ApprovalDecision, Question]:
+    """Pause until an allowed person's signed answer arrives or the policy's timeout passes."""
+    log = get_run_logger()
+    question = Question(flow_run_id=str(runtime.flow_run.id or "local"), key=key, report_digest=digest(report),
+                        evaluation_runs=evaluation_runs or {})
+    description = _description(report, candidate, policy, question)
     deadline = time.monotonic() + policy.timeout_seconds
     attempt = 0
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            return judge_approval(None, policy)
-        log.info(f"Waiting for approval of {candidate} ({who}; {remaining:.0f} s left): "
-                 "answer the form on this flow run in the Prefect UI")
+            return judge_approval(None, policy, question), question
+        log.info(f"Waiting for approval of {candidate} ({remaining:.0f} s left): answer the form on this flow run "
+                 f"in the Prefect UI with your signed credential (report digest {question.report_digest[:16]})")
         attempt += 1
         try:
             answer = pause_flow_run(
                 wait_for_input=ApprovalForm.with_initial_data(description=description),
                 timeout=max(1, int(remaining)),
                 poll_interval=max(1, min(10, int(remaining // 5) or 1)),
-                key=f"approval-{attempt}",
+                key=f"{key}-{attempt}",
             )
         except FlowPauseTimeout:
-            return judge_approval(None, policy)
-        decision = judge_approval(ApprovalAnswer.model_validate(answer.model_dump()), policy)
+            return judge_approval(None, policy, question), question
+        decision = judge_approval(ApprovalAnswer.model_validate(answer.model_dump()), policy, question, requester)
         if decision.outcome is not ApprovalOutcome.NOT_ALLOWED:
-            return decision
+            return decision, question
         log.warning(f"Answer not counted: {decision.reason}")

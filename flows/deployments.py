@@ -21,15 +21,18 @@ from fledge.core.policy import ReleasePolicy
 from flows.dispatch import evaluate_suite_flow, quantize_flow
 from flows.release import release
 from flows.release_watch import release_watch
+from flows.run_policy import deployment_parameters, deployment_tags
 from flows.rollback import promote, rollback
 
 ROOT = Path(__file__).resolve().parent.parent
 CPU_POOL, GPU_POOL = "cpu", "gpu"
 
 
-def deployment_specs(policy: ReleasePolicy, policy_file: str | None = None) -> list[dict]:
-    """Name, flow, entrypoint, pool and schedule of every deployment."""
-    parameters = {"policy_file": policy_file} if policy_file else {}
+def deployment_specs(policy: ReleasePolicy) -> list[dict]:
+    """Name, flow, entrypoint, pool and schedule of every deployment. The operator-facing ones
+    carry the policy's content as a parameter (pinned by its hash in their tags: flows.run_policy);
+    the GPU steps get the release's policy from the run that dispatches them."""
+    parameters = deployment_parameters(policy)
     return [
         dict(flow=release, entrypoint="flows/release.py:release", name="release", pool=CPU_POOL, cron=None,
              parameters=parameters, description="Release a candidate version: gates, approval, canary, promotion."),
@@ -47,19 +50,23 @@ def deployment_specs(policy: ReleasePolicy, policy_file: str | None = None) -> l
     ]
 
 
-def served_deployments(policy: ReleasePolicy, policy_file: str | None = None) -> list:
+def _tags(spec: dict, policy: ReleasePolicy, policy_name: str) -> list[str]:
+    return ["fledge"] + (deployment_tags(policy, policy_name) if spec["parameters"] else [])
+
+
+def served_deployments(policy: ReleasePolicy, policy_name: str = "default") -> list:
     """For `prefect.serve`: every deployment but the GPU ones (they need a GPU pool's worker)."""
     return [
         spec["flow"].to_deployment(name=spec["name"], cron=spec["cron"], parameters=spec["parameters"],
-                                   description=spec["description"], tags=["fledge"])
-        for spec in deployment_specs(policy, policy_file) if spec["pool"] == CPU_POOL
+                                   description=spec["description"], tags=_tags(spec, policy, policy_name))
+        for spec in deployment_specs(policy) if spec["pool"] == CPU_POOL
     ]
 
 
-def serve_all(policy: ReleasePolicy, policy_file: str | None = None) -> None:
+def serve_all(policy: ReleasePolicy, policy_name: str = "default") -> None:
     from prefect import serve
 
-    serve(*served_deployments(policy, policy_file))
+    serve(*served_deployments(policy, policy_name))
 
 
 def ensure_work_pools() -> None:
@@ -75,13 +82,14 @@ def ensure_work_pools() -> None:
                 pass
 
 
-def deploy_to_pools(policy: ReleasePolicy, policy_file: str | None = None, source: Path = ROOT) -> list[str]:
+def deploy_to_pools(policy: ReleasePolicy, policy_name: str = "default", source: Path = ROOT) -> list[str]:
     """Register every deployment on its work pool; returns their full names."""
     ensure_work_pools()
     names = []
-    for spec in deployment_specs(policy, policy_file):
+    for spec in deployment_specs(policy):
         flow = Flow.from_source(source=str(source), entrypoint=spec["entrypoint"])
         flow.deploy(name=spec["name"], work_pool_name=spec["pool"], cron=spec["cron"], parameters=spec["parameters"],
-                    description=spec["description"], tags=["fledge"], build=False, push=False, print_next_steps=False)
+                    description=spec["description"], tags=_tags(spec, policy, policy_name), build=False, push=False,
+                    print_next_steps=False)
         names.append(f"{flow.name}/{spec['name']}")
     return names

@@ -19,20 +19,24 @@ import getpass
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 from prefect import flow, get_run_logger, runtime
+from prefect.states import Completed
 from pydantic import BaseModel, ConfigDict, Field
 
 from evals.verdict import ReleaseVerdict, combine_verdicts
 from fledge.core import tags
 from fledge.core.outcome import Outcome
-from fledge.core.policy import ApprovalPolicy, ReleasePolicy, load_policy
+from fledge.core.policy import ReleasePolicy
 from fledge.core.tags import Status
 from fledge.services import releases
-from fledge.services.approval import ApprovalOutcome
+from fledge.services.approval import ApprovalOutcome, Requester, identify_requester, mark_request_used, used_requests
 from fledge.services.releases import STATUS_AFTER, ReleaseInputError, ReleaseOutcome, ReleaseRecord, ReleaseTarget
 from flows.approval import ask_for_approval
 from flows.dispatch import evaluate_suites, quantize
+from flows.run_origin import started_by_schedule
+from flows.run_policy import run_policy
 from registry.errors import RegistryError
 from fledge.services.controller import RolloutEnd
 from tasks import registry_steps, reporting, serving_steps
@@ -118,7 +122,7 @@ class _Release:
         releases.save_record(workspace().home, self.record)
 
 
-def _open_record(target: ReleaseTarget, policy: ReleasePolicy, policy_file: str | None, log) -> ReleaseRecord:
+def _open_record(target: ReleaseTarget, policy: ReleasePolicy, requester: Requester, log) -> ReleaseRecord:
     """The saved record of this release when a run of it was interrupted, else a new one."""
     model = target.candidate.name
     record = releases.load_record(workspace().home, model)
@@ -138,13 +142,15 @@ def _open_record(target: ReleaseTarget, policy: ReleasePolicy, policy_file: str 
     run_id = registry_steps.start_release_run(
         "release", model, target.candidate.ref, target.champion.ref,
         params={"model": model, "candidate": target.candidate.ref, "champion": target.champion.ref,
-                "policy_hash": policy.content_hash, "policy_file": policy_file or "policies/default.yaml",
+                "policy_hash": policy.content_hash,
                 "evaluation_policy_hash": policy.evaluation_hash},
-        run_tags={}, policy=policy,
+        run_tags={tags.TAG_REQUESTED_BY: f"{requester.name} ({requester.how})"}, policy=policy,
     )
+    if requester.request_digest:
+        mark_request_used(workspace().home, requester.request_digest)
     return ReleaseRecord(model=model, candidate=target.candidate.ref, requested=target.candidate.ref,
                          champion=target.champion.ref, snapshot=snapshot, mlflow_run_id=run_id, policy=policy,
-                         audit_seq=target.audit_seq)
+                         audit_seq=target.audit_seq, requester=requester)
 
 
 def _evaluate(release: _Release, log) -> dict[str, str]:
@@ -206,9 +212,10 @@ def _canary_promote_watch(release: _Release, log, auto_approve: bool = False) ->
                                                 stop_at_review=not auto_approve)
             if not ended.running:
                 break
-            question = ApprovalPolicy(required=True, approvers=policy.approval.approvers,
-                                      timeout_seconds=policy.shadow.review_timeout_seconds)
-            decision = ask_for_approval(_review_markdown(ended, record.candidate), record.candidate, question)
+            question = policy.approval.model_copy(update={"required": True,
+                                                          "timeout_seconds": policy.shadow.review_timeout_seconds})
+            decision, _ = ask_for_approval(_review_markdown(ended, record.candidate), record.candidate, question,
+                                           key=f"review-{int(ended.review.asked_at)}", requester=record.requester.name)
             if decision.approver:  # no answer: the controller's own timeout rolls the rollout back
                 serving_steps.answer_review(release.model, decision.outcome is ApprovalOutcome.APPROVED,
                                             decision.approver, decision.comment or None)
@@ -248,7 +255,7 @@ def _put_back(record: ReleaseRecord, log, keep_staging_copy: bool) -> None:
     serving_steps.stop_instance(record.candidate)
 
 
-def _approve(release: _Release, auto_approve: bool, log) -> None:
+def _approve(release: _Release, auto_approve: bool, eval_runs: dict[str, str], log) -> None:
     record, approval = release.record, release.policy.approval
     if not approval.required or auto_approve:
         who = f"auto-approve by {getpass.getuser()}" if auto_approve else "not required by the policy"
@@ -256,9 +263,12 @@ def _approve(release: _Release, auto_approve: bool, log) -> None:
         registry_steps.tag_run(record.mlflow_run_id, {tags.RUN_APPROVAL: who})
         log(f"Approval: {who}")
         return
-    decision = ask_for_approval(release.verdict.to_markdown(), record.candidate, approval)
+    decision, question = ask_for_approval(release.verdict.to_markdown(), record.candidate, approval,
+                                          requester=record.requester.name, evaluation_runs=eval_runs)
     answer = {tags.TAG_APPROVAL: decision.outcome.value, tags.TAG_APPROVER: decision.approver or "-",
-              tags.TAG_APPROVAL_COMMENT: decision.comment or "-"}
+              tags.TAG_APPROVAL_COMMENT: decision.comment or "-", tags.TAG_APPROVAL_KEY: decision.key_fingerprint or "-",
+              tags.TAG_APPROVAL_REPORT_DIGEST: question.report_digest,
+              tags.TAG_APPROVAL_EVAL_RUNS: ",".join(f"{s}={r}" for s, r in question.evaluation_runs.items())}
     registry_steps.tag_versions([record.candidate], answer)
     registry_steps.tag_run(record.mlflow_run_id, answer)
     log(f"Approval: {decision.reason}")
@@ -297,29 +307,55 @@ def _run_gates_and_rollout(release: _Release, auto_approve: bool, log) -> tuple[
         raise _Ended(ReleaseOutcome.REJECTED, f"{blocking[0].gate} gate",
                      f"{release.verdict.outcome.value} at the {blocking[0].gate} gate: " + "; ".join(blocking[0].reasons))
     with clock("approval"):
-        _approve(release, auto_approve, log)
+        _approve(release, auto_approve, eval_runs, log)
     _canary_promote_watch(release, log, auto_approve)
     return ReleaseOutcome.PROMOTED, "complete", f"{record.candidate} is the champion; {record.champion} is previous"
 
 
-@flow(name="release")
-def release(model: str, candidate: str = "challenger", policy_file: str | None = None,
-            auto_approve: bool = False) -> ReleaseSummary:
-    """Release MODEL's CANDIDATE (a version number or an alias, default `challenger`) under
-    the policy in POLICY_FILE (default policies/default.yaml)."""
+# The flow run's final state names the outcome, so the UI's run list reads right: a rejected
+# or rolled-back release is not the green "Completed" of a promoted one (all are COMPLETED-type:
+# the flow did its job; a FAILED outcome raises and is Prefect's own Failed).
+FINAL_STATE = {ReleaseOutcome.PROMOTED: "Promoted", ReleaseOutcome.REJECTED: "Rejected",
+               ReleaseOutcome.ROLLED_BACK: "RolledBack", ReleaseOutcome.PREEMPTED: "Preempted"}
+
+
+@flow(name="release", flow_run_name="release-{model}-{candidate}")
+def release(model: str, candidate: str = "challenger", policy: ReleasePolicy | None = None,
+            overrides: dict[str, Any] | None = None, auto_approve: bool = False,
+            requester_credential: str | None = None) -> ReleaseSummary:
+    """Release MODEL's CANDIDATE (a version number or an alias, default `challenger`) under the
+    deployment's policy. OVERRIDES (dotted fields, e.g. {"canary.bake_seconds": 120}) may only
+    strengthen it, or weaken what its `overrides_allowed` lists; AUTO_APPROVE only where
+    `approval.allow_auto_approve` permits it. REQUESTER_CREDENTIAL (from `fledge keys
+    sign-request`) says who asks; the policy's four_eyes rule keeps them from approving it."""
     log = get_run_logger().info
-    policy = load_policy(policy_file)  # the one read of the file; everything below gets the object
+    policy = run_policy(policy, overrides, auto_approve)  # refused here, before any work, if it weakens the deployed one
     flow_run_id = str(runtime.flow_run.id) if runtime.flow_run.id else "local"
     target = registry_steps.check_release(model, candidate, policy, auto_approve)
+    requester = _requester(target, policy, requester_credential)
+    if candidate != target.candidate.version:  # named after what it releases, not the alias it was asked for
+        reporting.rename_flow_run(f"release-{model}-{target.candidate.version}")
     # One operator at a time: a second release of the model is refused, naming this one.
     with serving_steps.model_lease(model, "release", f"release of {target.candidate.ref} (flow run {flow_run_id})"):
-        return _release_under_lease(target, policy, policy_file, auto_approve, flow_run_id, log)
+        summary = _release_under_lease(target, policy, requester, auto_approve, flow_run_id, log)
+    return Completed(name=FINAL_STATE[summary.outcome], message=summary.reason[:500], data=summary)
 
 
-def _release_under_lease(target: ReleaseTarget, policy: ReleasePolicy, policy_file: str | None, auto_approve: bool,
+def _requester(target: ReleaseTarget, policy: ReleasePolicy, credential: str | None) -> Requester:
+    """Who asked, by their signed request; a re-run of an interrupted release keeps its requester."""
+    in_progress = releases.load_record(workspace().home, target.candidate.name)
+    if in_progress is not None and in_progress.requested == target.candidate.ref and not credential:
+        return in_progress.requester
+    requester = identify_requester(credential, policy.approval, target.candidate.name, target.candidate.version,
+                                   used_requests(workspace().home), started_by_schedule())
+    get_run_logger().info(f"Requested by {requester.name} ({requester.how})")
+    return requester
+
+
+def _release_under_lease(target: ReleaseTarget, policy: ReleasePolicy, requester: Requester, auto_approve: bool,
                          flow_run_id: str, log) -> ReleaseSummary:
     model = target.candidate.name
-    record = _open_record(target, policy, policy_file, log)
+    record = _open_record(target, policy, requester, log)
     record.flow_run_ids.append(flow_run_id)
     run = _Release(record, flow_run_id)
     run.save()
@@ -361,6 +397,9 @@ def _finish(release: _Release, outcome: ReleaseOutcome, stage: str, reason: str)
     for ref in {record.requested, record.candidate}:
         registry_steps.record_status(ref, STATUS_AFTER[outcome], outcome_tags)
     reporting.publish_summary(record.model, record.mlflow_run_id, summary.to_markdown(), summary.model_dump(mode="json"))
+    reporting.notify(release.policy.notifications, record.model, outcome.value,
+                     f"Release of {record.candidate}: {outcome.value.upper()}",
+                     summary.to_markdown() + f"\nFlow run: {runtime.flow_run.ui_url or release.flow_run_id}\n")
     reporting.publish_gateway_audit(record.model, record.mlflow_run_id, record.audit_seq)
     registry_steps.finish_release_run(record.mlflow_run_id, outcome, reason,
                                       {**clock.seconds, "total": summary.seconds})

@@ -13,10 +13,12 @@ from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
 
 from fledge.core.home import FledgeHome
+from fledge.core.policy import ReleasePolicy
 from fledge.core.tags import TAG_RELEASE_OUTCOME
 from fledge.services.releases import load_record
 from registry.refs import CHALLENGER
 from registry.store import ModelRegistry
+from flows.run_policy import run_policy
 from tasks.common import workspace
 
 RELEASE_DEPLOYMENT = "release/release"
@@ -55,11 +57,13 @@ def already_releasing(model: str, version: str, unfinished: set[tuple[str, str]]
 
 
 @flow(name="release-watch")
-def release_watch(policy_file: str | None = None, in_process: bool = False) -> list[str]:
+def release_watch(policy: ReleasePolicy | None = None, in_process: bool = False) -> list[str]:
     """Start a release for each pending challenger: as a run of the `release` deployment (so
-    it shows in the UI with its own logs and can be retried there), or here when there is no
-    such deployment or `in_process` is set."""
+    it shows in the UI with its own logs and can be retried there, under that deployment's
+    policy), or here, under this run's policy, when there is no such deployment or
+    `in_process` is set."""
     log = get_run_logger().info
+    policy = run_policy(policy)
     ws = workspace()
     unfinished = unfinished_releases()
     pending = []
@@ -73,7 +77,7 @@ def release_watch(policy_file: str | None = None, in_process: bool = False) -> l
         return []
     started = []
     for name, version in pending:
-        parameters = {"model": name, "candidate": version, "policy_file": policy_file}
+        parameters = {"model": name, "candidate": version}
         log(f"{name}/{version} carries the challenger alias and has not been released: starting its release")
         if not in_process:
             try:
@@ -84,6 +88,6 @@ def release_watch(policy_file: str | None = None, in_process: bool = False) -> l
                 log(f"No {RELEASE_DEPLOYMENT} deployment: releasing in this run instead")
         from flows.release import release
 
-        summary = release(**parameters)
+        summary = release(**parameters, policy=policy)
         started.append(f"{name}/{version}: {summary.outcome.value}")
     return started

@@ -19,12 +19,13 @@ from prefect.transactions import transaction
 from pydantic import BaseModel, ConfigDict
 
 from fledge.core import tags
-from fledge.core.policy import ServingPolicy, load_policy
+from fledge.core.policy import ReleasePolicy
 from fledge.core.tags import Status
 from fledge.services import releases
 from fledge.services.plane import connect_plane
+from flows.run_policy import run_policy
 from registry.refs import CHAMPION, PREVIOUS
-from tasks import registry_steps, serving_steps
+from tasks import registry_steps, reporting, serving_steps
 from tasks.common import workspace
 
 
@@ -42,14 +43,14 @@ class ChampionChange(BaseModel):
 
 
 def _change_champion(model: str, new_version: str, kind: str, reason: str, requested_by: str,
-                     serving: ServingPolicy) -> ChampionChange:
+                     policy: ReleasePolicy) -> ChampionChange:
     with serving_steps.model_lease(model, kind, f"{kind} of {model} to version {new_version} asked by {requested_by}",
                                    preempt=kind == "rollback"):
-        return _change_champion_under_lease(model, new_version, kind, reason, requested_by, serving)
+        return _change_champion_under_lease(model, new_version, kind, reason, requested_by, policy)
 
 
 def _change_champion_under_lease(model: str, new_version: str, kind: str, reason: str, requested_by: str,
-                                 serving: ServingPolicy) -> ChampionChange:
+                                 policy: ReleasePolicy) -> ChampionChange:
     log = get_run_logger().info
     ws = workspace()
     plane = connect_plane(ws.home, model)
@@ -76,7 +77,7 @@ def _change_champion_under_lease(model: str, new_version: str, kind: str, reason
     log(f"{kind}: {model} champion {old_ref} -> {new_ref}, asked by {requested_by}: {reason}")
     try:
         with transaction():
-            serving_steps.switch_traffic(model, new_ref, serving, snapshot.routes)
+            serving_steps.switch_traffic(model, new_ref, policy.serving, snapshot.routes)
             registry_steps.promote_in_registry(model, new_ref, old_ref, snapshot.aliases)
             if kind == "rollback":
                 registry_steps.delete_alias(model, PREVIOUS)  # the version rolled back from is not a rollback target
@@ -92,6 +93,9 @@ def _change_champion_under_lease(model: str, new_version: str, kind: str, reason
         registry_steps.record_status(old_ref, Status.ROLLED_BACK if kind == "rollback" else Status.PREVIOUS, recorded)
     outcome = releases.ReleaseOutcome.ROLLED_BACK if kind == "rollback" else releases.ReleaseOutcome.PROMOTED
     registry_steps.finish_release_run(run_id, outcome, f"{kind} by {requested_by}: {reason or '-'}")
+    reporting.notify(policy.notifications, model, outcome.value, f"{kind.capitalize()} of {model}: {old_ref or '-'} -> {new_ref}",
+                     f"{kind} asked by {requested_by}: {reason or '-'}\nMLflow run: {run_id}\n"
+                     f"Flow run: {runtime.flow_run.ui_url or flow_run_id}\n", manual=True)
     log(f"{new_ref} is the champion of {model} and takes all its traffic"
         + (f"; stopped {', '.join(retired)}" if retired else ""))
     return ChampionChange(model=model, kind=kind, champion_before=old_ref or "-", champion_after=new_ref,
@@ -99,18 +103,18 @@ def _change_champion_under_lease(model: str, new_version: str, kind: str, reason
 
 
 @flow(name="rollback")
-def rollback(model: str, reason: str = "", requested_by: str = "", policy_file: str | None = None) -> ChampionChange:
+def rollback(model: str, reason: str = "", requested_by: str = "", policy: ReleasePolicy | None = None) -> ChampionChange:
     """Put MODEL@previous back as champion and send all traffic to it."""
-    serving = load_policy(policy_file).serving
+    policy = run_policy(policy)
     target = releases.rollback_target(workspace().registry, model)
-    return _change_champion(model, target, "rollback", reason, requested_by or getpass.getuser(), serving)
+    return _change_champion(model, target, "rollback", reason, requested_by or getpass.getuser(), policy)
 
 
 @flow(name="promote")
-def promote(model: str, version: str, reason: str = "", requested_by: str = "", policy_file: str | None = None,
+def promote(model: str, version: str, reason: str = "", requested_by: str = "", policy: ReleasePolicy | None = None,
             allow_unevaluated: bool = False) -> ChampionChange:
     """Make MODEL/VERSION the champion without a canary: for a version whose evaluation
     passed (its `fledge.eval.verdict` tag), e.g. after a release rejected only by a timeout."""
-    serving = load_policy(policy_file).serving
+    policy = run_policy(policy)
     releases.promote_target(workspace().registry, model, version, allow_unevaluated)
-    return _change_champion(model, version, "promote", reason, requested_by or getpass.getuser(), serving)
+    return _change_champion(model, version, "promote", reason, requested_by or getpass.getuser(), policy)

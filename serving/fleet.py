@@ -29,6 +29,7 @@ from pathlib import Path
 import httpx
 from pydantic import BaseModel, ConfigDict
 
+from fledge.core.scrape_targets import refresh_from_state
 from fledge.core.state import StatePaths, read_json, write_json
 from serving import lora
 from serving.config import ServerConfig, lora_signature
@@ -99,6 +100,10 @@ class Fleet:
 
     def _write(self, records: dict[str, InstanceRecord]) -> None:
         write_json(self.files.instances, {k: r.model_dump() for k, r in records.items()})
+        try:  # the team stack's Prometheus targets follow the fleet; a no-op without the stack
+            refresh_from_state(self.files.root)
+        except Exception:  # monitoring never fails serving: the next write tries again
+            pass
 
     def records(self) -> dict[str, InstanceRecord]:
         """Live instances; records of dead ones (and of lapsed leases) are dropped."""

@@ -7,12 +7,14 @@ import base64
 import json
 import os
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from evals.verdict import ReleaseVerdict
 from fledge.core import tags
+from fledge.core.policy import NotificationPolicy
+from fledge.services.notify import Notice, post, should_post
 from fledge.services.plane import connect_plane
 from serving.canary.state_machine import RolloutState
 from serving.canary.timeline import timeline_markdown, timeline_png, timeline_rows
@@ -106,3 +108,26 @@ def publish_gateway_audit(model: str, run_id: str, after_seq: int) -> int | None
     workspace().registry.runs.log_text(run_id, "gateway_audit.jsonl",
                                        "".join(json.dumps(entry, sort_keys=True) + "\n" for entry in entries))
     return len(entries)
+
+
+def rename_flow_run(name: str) -> None:
+    """The running flow run's name, as the UI lists it (not a task: renaming is not a step)."""
+    from prefect import runtime
+    from prefect.client.orchestration import get_client
+
+    if runtime.flow_run.id:
+        with get_client(sync_client=True) as client:
+            client.update_flow_run(runtime.flow_run.id, name=name)
+
+
+@task(name="notify", cache_policy=NO_CACHE)
+def notify(policy: NotificationPolicy, model: str, outcome: str, title: str, body: str, manual: bool = False) -> list[str]:
+    """Post the outcome to the policy's URLs; a receiver's problem is logged, never raised."""
+    if not should_post(policy, outcome, manual):
+        return []
+    problems = post(policy, Notice(model=model, outcome=outcome, title=title, body=body))
+    for problem in problems:
+        get_run_logger().warning(f"Notification not delivered: {problem}")
+    if not problems:
+        say()(f"Notified {len(policy.urls)} receiver(s): {title}")
+    return problems

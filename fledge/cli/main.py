@@ -34,6 +34,9 @@ rollout_app = typer.Typer(help="The rollouts the serving plane's controller owns
                           "approve or reject (the shadow step's question).",
                           no_args_is_help=True)
 app.add_typer(rollout_app, name="rollout")
+keys_app = typer.Typer(help="Personal signing keys: who asks for a release and who approves it, by signature.",
+                       no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
 console = Console()
 
 
@@ -483,13 +486,29 @@ def _print_release(summary) -> None:
                   f"{summary.seconds:.0f} s", highlight=False)
 
 
+def _parse_overrides(pairs: list[str]) -> dict:
+    import yaml
+
+    overrides = {}
+    for pair in pairs:
+        field, sep, value = pair.partition("=")
+        if not sep or not field.strip():
+            raise UsageError(f"--override {pair!r} is not FIELD=VALUE, e.g. --override canary.bake_seconds=120.")
+        overrides[field.strip()] = yaml.safe_load(value)
+    return overrides
+
+
 @app.command()
 @friendly(exit_code=2)
 def release(
     name: str = typer.Argument(..., help="Registered model name."),
     version: str = typer.Option("challenger", "--version", help="Version number or alias to release."),
     policy_file: Optional[Path] = typer.Option(None, "--policy", help="Release policy YAML (default policies/default.yaml)."),
-    auto_approve: bool = typer.Option(False, "--auto-approve", help="Approve without asking, when the policy names no approvers."),
+    override: list[str] = typer.Option([], "--override", metavar="FIELD=VALUE",
+                                       help="Set a policy field for this run, e.g. canary.bake_seconds=120 (a YAML value); "
+                                            "weakening one is refused unless the policy's overrides_allowed lists it."),
+    auto_approve: bool = typer.Option(False, "--auto-approve", help="Approve without asking, where the policy's approval.allow_auto_approve permits it."),
+    key: Optional[Path] = typer.Option(None, "--key", help="Your private key file: signs the request, so the release knows who asked."),
 ) -> None:
     """Release a candidate version through every gate to production, as a Prefect flow run:
     verify, quantize, evaluate against the champion, approve, canary through the running
@@ -500,13 +519,18 @@ def release(
 
     Example: `fledge release tiny-llama --version 3`
     """
+    from fledge.core.overrides import apply_overrides, check_run_policy
     from fledge.core.policy import load_policy
     from fledge.services.context import Workspace
     from fledge.services.releases import preflight
     from flows.release import release as release_flow
 
-    preflight(name, version, load_policy(policy_file), auto_approve, Workspace.open())
-    summary = release_flow(name, version, str(policy_file) if policy_file else None, auto_approve)
+    policy = load_policy(policy_file)
+    overrides = _parse_overrides(override)
+    check_run_policy(policy, apply_overrides(policy, overrides), auto_approve)  # refused here as one paragraph
+    preflight(name, version, policy, auto_approve, Workspace.open())
+    credential = _signed_request(name, version, key) if key else None
+    summary = release_flow(name, version, policy, overrides, auto_approve, credential)
     _print_release(summary)
     raise typer.Exit(0 if summary.outcome.value == "promoted" else 1)
 
@@ -779,10 +803,12 @@ def deploy(
     from flows.deployments import deploy_to_pools, serve_all
 
     policy = load_policy(policy_file)
+    policy_name = policy_file.stem if policy_file else "default"
+    console.print(f"Policy {policy_name} ({policy.content_hash}) is pinned in the deployments' parameters", highlight=False)
     if serve_here:
-        serve_all(policy, str(policy_file) if policy_file else None)
+        serve_all(policy, policy_name)
         return
-    for full_name in deploy_to_pools(policy, str(policy_file) if policy_file else None):
+    for full_name in deploy_to_pools(policy, policy_name):
         console.print(f"deployed {full_name}")
     console.print("Start a worker: `prefect worker start --pool cpu` (and `--pool gpu` on a GPU host, with "
                   "FLEDGE_GPU_WORK_POOL=gpu set for the release runs).")
@@ -803,7 +829,82 @@ def demo(
     """
     from fledge.devtools.demo import run_demo
 
-    run_demo(name, console, str(policy_file) if policy_file else None)
+    run_demo(name, console, policy_file)
+
+
+def _signed_request(name: str, version: str, key_file: Path) -> str:
+    from fledge.core.credentials import load_private_key, sign_request
+    from fledge.services.context import open_registry
+    from registry.refs import parse_ref
+
+    ref = f"{name}/{version}" if version.isdigit() else f"{name}@{version}"
+    resolved = open_registry().resolve(parse_ref(ref)).version
+    return sign_request(load_private_key(key_file), key_file.stem, name, resolved).encode()
+
+
+@keys_app.command("new")
+@friendly
+def keys_new(
+    name: str = typer.Argument(..., help="Your name, as the policy will list you."),
+    directory: Path = typer.Option(Path("~/.fledge/keys"), "--dir", help="Where the private key file goes (mode 0600)."),
+) -> None:
+    """Make a personal Ed25519 key: the private half stays in DIR/NAME.key; the printed entry
+    goes in the policy's approval.people.
+
+    Example: `fledge keys new alice`
+    """
+    from fledge.core.credentials import new_private_key, private_key_pem, public_key_text
+    from fledge.core.state import write_atomic
+
+    path = directory.expanduser() / f"{name}.key"
+    if path.exists():
+        raise UsageError(f"{path} exists already; a new key would lock you out of the policies that list the old one.")
+    key = new_private_key()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, private_key_pem(key), mode=0o600)
+    console.print(f"Private key: {path}\nAdd to the policy's approval.people:\n"
+                  f"  - name: {name}\n    public_key: {public_key_text(key)}", highlight=False)
+
+
+@keys_app.command("sign-approval")
+@friendly
+def keys_sign_approval(
+    flow_run_id: str = typer.Argument(..., help="The paused release's flow run id (in the form's description)."),
+    question: str = typer.Argument(..., help="The question, e.g. approval (in the form's description)."),
+    report_digest: str = typer.Argument(..., help="The report's SHA-256 (in the form's description)."),
+    approve: bool = typer.Option(..., "--approve/--reject", help="Your answer: the signature covers it."),
+    key: Path = typer.Option(Path("~/.fledge/keys/{user}.key"), "--key", help="Your private key file."),
+) -> None:
+    """Print the credential for an answer in the approval form: a signature of this run, this
+    question, this report and this answer, useless for any other.
+
+    Example: `fledge keys sign-approval 0f3c... approval 9ab2... --approve --key ~/.fledge/keys/alice.key`
+    """
+    import getpass
+
+    from fledge.core.credentials import approval_message, load_private_key, sign
+
+    path = Path(str(key).replace("{user}", getpass.getuser())).expanduser()
+    console.print(sign(load_private_key(path), approval_message(flow_run_id, question, report_digest, approve)),
+                  highlight=False, soft_wrap=True)
+
+
+@keys_app.command("sign-request")
+@friendly
+def keys_sign_request(
+    name: str = typer.Argument(..., help="Registered model name."),
+    version: str = typer.Argument(..., help="The version number to release."),
+    key: Path = typer.Option(Path("~/.fledge/keys/{user}.key"), "--key", help="Your private key file (NAME.key)."),
+) -> None:
+    """Print a requester credential for a release of NAME/VERSION: the `requester_credential`
+    parameter of a `release` run started in the Prefect UI. Valid once, for a short while.
+
+    Example: `fledge keys sign-request tiny-llama 3 --key ~/.fledge/keys/alice.key`
+    """
+    import getpass
+
+    path = Path(str(key).replace("{user}", getpass.getuser())).expanduser()
+    console.print(_signed_request(name, version, path), highlight=False, soft_wrap=True)
 
 
 def main() -> None:  # pragma: no cover - console-script entry

@@ -90,6 +90,7 @@ class StatePaths:
     leases: Path  # who may change each model now (serving.gateway.leases)
     admin_token: Path
     quantized: Path  # scratch space for quantized checkpoints before they are registered
+    used_requests: Path  # signed release requests already accepted: each counts once (services.approval)
 
     @classmethod
     def under(cls, root: Path) -> "StatePaths":
@@ -97,7 +98,7 @@ class StatePaths:
                    instance_starts=root / "instance-starts.jsonl", plane=root / "gateway.json",
                    routes=root / "gateway-routes.json", audit=root / "gateway-audit.jsonl", leases=root / "leases.json",
                    admin_token=root / "gateway-admin-token",
-                   quantized=root / "quantized")
+                   quantized=root / "quantized", used_requests=root / "used-release-requests.json")
 
     def release(self, model: str) -> Path:
         """The release in progress for a model (services.releases.ReleaseRecord)."""

@@ -58,6 +58,10 @@ TAG_RELEASE_REASON = "fledge.release.reason"
 TAG_APPROVAL = "fledge.approval"
 TAG_APPROVER = "fledge.approval.by"
 TAG_APPROVAL_COMMENT = "fledge.approval.comment"
+TAG_APPROVAL_REPORT_DIGEST = "fledge.approval.report_sha256"  # of the verdict report the approver signed
+TAG_APPROVAL_EVAL_RUNS = "fledge.approval.evaluation_runs"  # suite=MLflow run id, the runs behind that report
+TAG_APPROVAL_KEY = "fledge.approval.key"  # fingerprint of the key whose signature counted
+TAG_REQUESTED_BY = "fledge.release.requested_by"  # a person (signed request), a schedule, or unidentified
 
 
 def change_tags(kind: str) -> dict[str, str]:

@@ -22,6 +22,7 @@ It ends with a summary table, the wall time and where that time went.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
@@ -53,7 +54,7 @@ def _reset(registry, home: FledgeHome, name: str, champion_version: str) -> None
     clear_record(home, name)
 
 
-def run_demo(name: str, console: Console, policy_file: str | None = None) -> list:
+def run_demo(name: str, console: Console, policy_file: Path | str | None = None) -> list:
     from flows.release import release
     from flows.rollback import rollback
     from fledge.services.plane import run_plane, stop_serving
@@ -98,16 +99,16 @@ def run_demo(name: str, console: Console, policy_file: str | None = None) -> lis
             for variant, expected in CANDIDATES:
                 registry.set_alias(name, CHALLENGER, versions[variant])
                 console.rule(f"Release of {name}/{versions[variant]} ({variant}): expected {expected}")
-                summary = release(name, CHALLENGER, policy_file, auto_approve=True)
+                summary = release(name, CHALLENGER, policy, auto_approve=True)
                 results.append((variant, expected, summary))
                 console.print(f"[bold]{summary.outcome.value.upper()}[/] at {summary.stage}: {summary.reason}", highlight=False)
             console.rule(f"Manual rollback to {name}/{versions['base']} (base), the base of the adapter released next")
-            change = rollback(name, reason="the demo's adapter is trained on base", requested_by="demo")
+            change = rollback(name, reason="the demo's adapter is trained on base", requested_by="demo", policy=policy)
             console.print(f"Champion: {change.champion_before} -> {change.champion_after}", highlight=False)
             variant, expected = ADAPTER
             registry.set_alias(name, CHALLENGER, versions[variant])
             console.rule(f"Release of {name}/{versions[variant]} ({variant}, a LoRA adapter): expected {expected}")
-            summary = release(name, CHALLENGER, policy_file, auto_approve=True)
+            summary = release(name, CHALLENGER, policy, auto_approve=True)
             results.append((variant, expected, summary))
             console.print(f"[bold]{summary.outcome.value.upper()}[/] at {summary.stage}: {summary.reason}", highlight=False)
         finally:

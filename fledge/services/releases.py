@@ -16,9 +16,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from fledge.core import tags
 from fledge.core.errors import FledgeError
 from fledge.core.home import FledgeHome
+from fledge.core.overrides import check_run_policy
 from fledge.core.policy import ReleasePolicy
 from fledge.core.state import read_json, write_atomic
 from fledge.core.tags import Status
+from fledge.services.approval import Requester
 from fledge.services.context import Workspace
 from fledge.services.leases import held_lease
 from fledge.services.plane import connect_plane
@@ -72,6 +74,7 @@ class ReleaseRecord(BaseModel):
     policy: ReleasePolicy  # the content every gate of this release uses, whatever the file says later
     flow_run_ids: list[str] = Field(default_factory=list)
     audit_seq: int = 0  # the gateway's audit log before the release: the release's MLflow run carries what follows
+    requester: Requester = Field(default_factory=lambda: Requester(name="unidentified", how="unidentified"))
 
 
 @dataclass(frozen=True)
@@ -93,11 +96,7 @@ def preflight(model: str, candidate: str, policy: ReleasePolicy, auto_approve: b
     candidate is not the champion, the gateway runs and serves the champion, approval can be
     given. The CLI calls it before starting a flow run so that bad input reads as one
     paragraph; the flow calls it again for UI-triggered runs."""
-    if auto_approve and policy.approval.required and policy.approval.approvers:
-        raise ReleaseInputError(
-            f"The policy allows only {', '.join(policy.approval.approvers)} to approve; --auto-approve cannot "
-            "stand in for them. Run without it and answer the approval form in the Prefect UI."
-        )
+    check_run_policy(policy, policy, auto_approve)  # the flow's own rule: auto-approval only where the policy permits it
     registry = workspace.registry
     candidate_version = registry.resolve(parse_ref(_candidate_ref(model, candidate)))
     in_progress = load_record(workspace.home, model)

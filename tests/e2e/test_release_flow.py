@@ -56,7 +56,10 @@ import yaml
 from fledge.core.home import FledgeHome
 from fledge.devtools.native_logging import log_checkpoint_artifacts, log_transformers_model
 from fledge.core.policy import DEFAULT_POLICY_PATH, ReleasePolicy, load_policy
+from fledge.core.credentials import digest
 from registry.refs import CHALLENGER, CHAMPION, PREVIOUS
+from support.keys import answer_as_shown, people
+from support.receiver import WebhookReceiver
 
 pytestmark = [pytest.mark.vllm, pytest.mark.e2e, pytest.mark.zoo, pytest.mark.usefixtures("prefect_server")]
 
@@ -89,6 +92,9 @@ class Stack:
         return len(self.plane.fleet.start_intervals(0))
 
 
+RECEIVER = WebhookReceiver()  # every release's end is posted here (policy notifications)
+
+
 def write_policy(directory: Path, name: str, approval: dict, safety: dict | None = None) -> str:
     """The demo's policy with a shorter canary and watch (CI time), and the given approval.
 
@@ -105,6 +111,7 @@ def write_policy(directory: Path, name: str, approval: dict, safety: dict | None
     data["canary"].update(steps=[50, 100], bake_seconds=15, analysis_interval_seconds=1, min_samples=10)
     data["watch"].update(window_seconds=10, min_samples=10)
     data["approval"] = approval
+    data["notifications"] = {"urls": [RECEIVER.url], "outcomes": ["promoted", "rejected", "rolled_back", "failed"]}
     data["safety"].update(safety or {})  # the offline safety gate switched off, to show the live checks alone
     path = directory / f"{name}.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
@@ -134,8 +141,10 @@ def stack(zoo, tmp_path_factory):
         versions["improved"] = log_transformers_model(home.tracking_uri, zoo["improved"].path, MODEL)
         versions["short-context"] = log_checkpoint_artifacts(home.tracking_uri, zoo["short-context"].path, MODEL)
         policies = {
-            "ask": write_policy(root, "ask", {"required": True, "approvers": ["alice"], "timeout_seconds": 600}),
-            "timeout": write_policy(root, "timeout", {"required": True, "approvers": ["alice"], "timeout_seconds": 4}),
+            "ask": write_policy(root, "ask", {"required": True, "people": people("alice", "bob"), "approvers": ["alice"],
+                                              "timeout_seconds": 600}),
+            "timeout": write_policy(root, "timeout", {"required": True, "people": people("alice"), "approvers": ["alice"],
+                                                      "timeout_seconds": 4}),
             "auto": write_policy(root, "auto", {"required": False, "approvers": [], "timeout_seconds": 60}),
             "no-safety-gate": write_policy(root, "no-safety-gate", {"required": False, "approvers": [],
                                                                     "timeout_seconds": 60},
@@ -181,12 +190,14 @@ def release_in_background(stack: Stack, variant: str, policy: str, answers: list
                     runs = client.read_flow_runs()
                     paused = [r for r in runs if r.state and r.state.is_paused() and r.created.timestamp() >= started - 5]
                     if paused:
+                        if callable(run_input):  # read the form and sign what it shows, as a person does
+                            run_input = run_input(client, paused[0].id)
                         resume_flow_run(paused[0].id, run_input=run_input)
                         break
                     time.sleep(1)
 
     threading.Thread(target=answer, daemon=True).start()
-    return release(MODEL, CHALLENGER, stack.policies[policy])
+    return release(MODEL, CHALLENGER, load_policy(stack.policies[policy]))
 
 
 def release_tags(stack: Stack, summary) -> dict[str, str]:
@@ -194,9 +205,13 @@ def release_tags(stack: Stack, summary) -> dict[str, str]:
 
 
 def test_1_an_approver_rejects_the_release_from_the_form(stack):
+    """A listed name typed without a credential (anyone with the UI can do that) and an
+    approval signed with an unlisted key are not counted; alice's signed rejection decides."""
     before_traffic = stack.traffic()
-    summary = release_in_background(stack, "improved", "ask",
-                                    [{"approve": False, "approver": "alice", "comment": "not before the holidays"}])
+    summary = release_in_background(stack, "improved", "ask", [
+        {"approve": True, "approver": "alice", "comment": "forged"},
+        lambda client, run_id: answer_as_shown(client, run_id, "alice", True, "forged", signer="mallory"),
+        lambda client, run_id: answer_as_shown(client, run_id, "alice", False, "not before the holidays")])
     assert (summary.outcome.value, summary.stage) == ("rejected", "approval")
     assert summary.reason == "rejected by alice: not before the holidays"
     assert summary.verdict == "pass" and summary.evaluations_reused == []
@@ -226,8 +241,15 @@ def test_3_an_approved_release_goes_through_the_canary_and_the_watch_to_champion
     from prefect.client.orchestration import get_client
 
     starts_before = stack.starts()
-    summary = release_in_background(stack, "improved", "ask", [{"approve": True, "approver": "alice", "comment": "ship it"}])
+    summary = release_in_background(stack, "improved", "ask", [
+        lambda client, run_id: answer_as_shown(client, run_id, "alice", True, "ship it")])
     assert summary.outcome.value == "promoted", summary.reason
+    # The approval records the report alice signed and the evaluation runs behind it.
+    approved = stack.registry.get_version(MODEL, stack.versions["improved"]).tags
+    verdict_md = stack.registry.runs.artifact_text(summary.mlflow_run_id, "verdict.md")
+    assert approved["fledge.approval.by"] == "alice" and len(approved["fledge.approval.key"]) == 16
+    assert approved["fledge.approval.report_sha256"] == digest(verdict_md)
+    assert {pair.split("=")[0] for pair in approved["fledge.approval.evaluation_runs"].split(",")} == set(ALL_SUITES)
     assert stack.starts() == starts_before + 1  # the candidate; the staging copy was still serving
     assert stack.registry.aliases(MODEL) == {CHAMPION: stack.versions["improved"], PREVIOUS: stack.versions["base"]}
     assert stack.traffic() == {stack.ref("improved"): 100}
@@ -307,6 +329,8 @@ def test_6_a_candidate_that_refuses_real_conversations_is_rolled_back_in_the_sha
     assert stack.serving() == {stack.ref("base"), stack.ref("base") + "+baseline"}
     assert stack.starts() == starts_before + 1  # the candidate only: the staging copy was kept from test 5
     assert stack.registry.get_version(MODEL, stack.versions["short-context"]).status == "rolled_back"
+    notice = RECEIVER.wait_for(f"Release of {stack.ref('short-context')}: ROLLED_BACK")
+    assert notice["type"] == "warning" and "mirrored refusals" in notice["message"]
 
 
 @pytest.mark.parametrize("variant, policy", [("benchmark-tuned", "auto"), ("unsafe", "no-safety-gate")],
@@ -362,7 +386,7 @@ def test_7_a_release_killed_during_the_canary_is_ended_by_the_plane_and_its_reru
     assert stack.serving() == {stack.ref("improved")}
 
     starts = stack.starts()
-    summary = release(MODEL, stack.versions["improved"], stack.policies["auto"])
+    summary = release(MODEL, stack.versions["improved"], load_policy(stack.policies["auto"]))
     assert summary.outcome.value == "promoted", summary.reason
     assert summary.mlflow_run_id == killed_record.mlflow_run_id  # one MLflow run for the whole release
     assert stack.starts() == starts  # the re-run started nothing and evaluated nothing again

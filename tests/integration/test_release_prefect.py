@@ -17,15 +17,24 @@ from prefect.transactions import transaction
 from fledge.services.approval import ApprovalOutcome
 from fledge.core.home import FledgeHome
 from fledge.core.policy import load_policy
+from fledge.core.credentials import digest
 from registry.refs import CHALLENGER, CHAMPION, PREVIOUS
+from support.keys import approval_policy, signed_answer
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
-APPROVAL = load_policy().approval.model_copy(update={"required": True, "approvers": ["alice"], "timeout_seconds": 60})
+APPROVAL = approval_policy(load_policy().approval)  # alice approves, bob is listed, mallory is not
+REPORT = "# verdict: pass"
 
 
-def answer_when_paused(run_ids: list, answers: list[dict]) -> threading.Thread:
-    """Answer the approval form of the flow run, once per pause, as the UI does through the API."""
+def signed(name: str, approve: bool, comment: str = ""):
+    """An answer signed for whichever run asks (its id is known once it pauses)."""
+    return lambda run_id: signed_answer(name, str(run_id), "approval", digest(REPORT), approve, comment)
+
+
+def answer_when_paused(run_ids: list, answers: list) -> threading.Thread:
+    """Answer the approval form of the flow run, once per pause, as the UI does through the API;
+    an answer is a dict or a function of the run id."""
 
     def answer():
         with get_client(sync_client=True) as client:
@@ -35,7 +44,7 @@ def answer_when_paused(run_ids: list, answers: list[dict]) -> threading.Thread:
                     if run_ids and client.read_flow_run(run_ids[0]).state.is_paused():
                         break
                     time.sleep(0.3)
-                resume_flow_run(run_ids[0], run_input=run_input)
+                resume_flow_run(run_ids[0], run_input=run_input(run_ids[0]) if callable(run_input) else run_input)
                 time.sleep(1.5)  # let the flow read it and pause again
 
     thread = threading.Thread(target=answer, daemon=True)
@@ -51,23 +60,26 @@ def approval_flow(policy):
     @flow(name="approval-check")
     def check():
         run_ids.append(runtime.flow_run.id)
-        return ask_for_approval("# verdict: pass", "m/2", policy)
+        return ask_for_approval(REPORT, "m/2", policy)[0]
 
     return check, run_ids
 
 
 def test_an_allowed_approver_approves_through_the_resume_api():
     check, run_ids = approval_flow(APPROVAL)
-    answer_when_paused(run_ids, [{"approve": True, "approver": "alice", "comment": "looks good"}])
+    answer_when_paused(run_ids, [signed("alice", True, "looks good")])
     decision = check()
     assert decision.outcome is ApprovalOutcome.APPROVED
     assert (decision.approver, decision.comment) == ("alice", "looks good")
 
 
-def test_an_answer_from_someone_not_allowed_does_not_count_and_the_flow_keeps_waiting():
+def test_answers_without_a_valid_credential_do_not_count_and_the_flow_keeps_waiting():
+    """A listed name typed without a credential, and a signature of another run replayed, are
+    logged and not counted; the approver's own signed answer then decides."""
     check, run_ids = approval_flow(APPROVAL)
-    answer_when_paused(run_ids, [{"approve": True, "approver": "mallory"},
-                                 {"approve": False, "approver": "alice", "comment": "not this week"}])
+    replayed = signed_answer("alice", "another-run", "approval", digest(REPORT), True)
+    answer_when_paused(run_ids, [{"approve": True, "approver": "alice"}, replayed, signed("mallory", True),
+                                 signed("alice", False, "not this week")])
     decision = check()
     assert decision.outcome is ApprovalOutcome.REJECTED
     assert decision.reason == "rejected by alice: not this week"
@@ -134,18 +146,14 @@ def test_a_release_without_a_running_gateway_is_refused_before_any_work(registry
         assert runs == []
 
 
-def test_auto_approve_cannot_stand_in_for_named_approvers(two_versions, model_name, tmp_path):
-    from fledge.services.releases import ReleaseInputError
+def test_auto_approve_cannot_stand_in_for_a_required_approval(two_versions, model_name):
+    from fledge.core.overrides import PolicyRefused
     from flows.release import release
 
-    from fledge.core.policy import DEFAULT_POLICY_PATH
-
-    text = DEFAULT_POLICY_PATH.read_text()
-    text = text.replace("required: false", "required: true").replace("approvers: []", "approvers: [alice]")
-    policy_file = tmp_path / "policy.yaml"
-    policy_file.write_text(text)
-    with pytest.raises(ReleaseInputError, match="only alice"):
-        release(model_name, policy_file=str(policy_file), auto_approve=True)
+    policy = load_policy()
+    policy = policy.model_copy(update={"approval": APPROVAL})
+    with pytest.raises(PolicyRefused, match="approval.allow_auto_approve is false"):
+        release(model_name, policy=policy, auto_approve=True)
 
 
 def test_release_watch_picks_challengers_no_release_has_decided(registry, two_versions, model_name, session_home):
@@ -189,7 +197,55 @@ def test_deployments_are_registered_on_the_cpu_and_gpu_pools_with_the_policy_cro
         assert [s.schedule.cron for s in watch.schedules] == [policy.schedule.release_watch_cron]
         assert client.read_deployment_by_name("evaluate-suite/gpu").work_pool_name == "gpu"
         release = client.read_deployment_by_name("release/release")
-        assert set(release.parameter_openapi_schema["properties"]) == {"model", "candidate", "policy_file", "auto_approve"}
+        assert set(release.parameter_openapi_schema["properties"]) == {"model", "candidate", "policy", "overrides",
+                                                                       "auto_approve", "requester_credential"}
+        # The policy is pinned as content, never a path a worker elsewhere would not have.
+        assert release.parameters["policy"] == policy.model_dump(mode="json")
+        assert f"fledge-policy-hash:{policy.content_hash}" in release.tags
+
+
+def run_from_deployment(deployment_name: str, parameters: dict, env: dict) -> object:
+    """A run of the deployment created through the API as the UI's Run button creates it, then
+    executed the way a process worker executes it (`prefect flow-run execute`)."""
+    import subprocess
+    import sys
+
+    from prefect.settings import PREFECT_API_URL
+
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name(deployment_name)
+        run = client.create_flow_run_from_deployment(deployment.id, parameters=parameters)
+    subprocess.run([sys.executable, "-m", "prefect", "flow-run", "execute", str(run.id)], timeout=300,
+                   env={**os.environ, **env, "PREFECT_API_URL": PREFECT_API_URL.value()}, capture_output=True)
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(run.id)
+
+
+def test_a_deployment_run_cannot_swap_or_weaken_the_deployed_policy(registry, two_versions, model_name, home_env):
+    """The policy is fixed when deployed: a run parameter carrying a weaker policy (no approval,
+    one canary step) or a weakening override is refused before any work, naming the fields; one
+    that only strengthens it goes on (here to the next refusal: no gateway runs)."""
+    from flows.deployments import deploy_to_pools
+
+    from fledge.core.overrides import apply_overrides
+
+    deployed = load_policy().model_copy(update={"approval": APPROVAL})
+    deploy_to_pools(deployed)
+    env = {"FLEDGE_HOME": str(home_env)}
+    weaker = apply_overrides(deployed, {"approval.required": False, "canary.steps": [100]})
+    run = run_from_deployment("release/release", {"model": model_name, "policy": weaker.model_dump(mode="json")}, env)
+    assert run.state.is_failed()
+    assert "weakens the deployed policy" in run.state.message
+    assert "approval.required True -> False" in run.state.message and "canary.steps" in run.state.message
+    run = run_from_deployment("release/release", {"model": model_name, "overrides": {"canary.max_error_rate": 0.08}}, env)
+    assert run.state.is_failed() and "canary.max_error_rate 0.05 -> 0.08" in run.state.message
+    run = run_from_deployment("release/release", {"model": model_name, "auto_approve": True}, env)
+    assert run.state.is_failed() and "approval.allow_auto_approve is false" in run.state.message
+    run = run_from_deployment("release/release", {"model": model_name, "overrides": {"canary.bake_seconds": 60}}, env)
+    assert run.state.is_failed() and f"fledge gateway {model_name}" in run.state.message  # past the policy check
+    experiment = registry.client.get_experiment_by_name("fledge-releases")
+    if experiment is not None:  # nothing started: no release run in MLflow
+        assert registry.client.search_runs([experiment.experiment_id], f"tags.`fledge.model` = '{model_name}'") == []
 
 
 @pytest.fixture()
@@ -256,3 +312,30 @@ def test_a_release_preempted_by_a_rollback_never_undoes_it(registry, two_version
     assert registry.aliases(model_name) == {CHAMPION: first.version}
     with pytest.raises(LeaseLost):  # an unfenced change while the rollback holds the model
         admin.set_weights({f"{model_name}/1": 100})
+
+
+def test_an_outcome_is_posted_to_the_policy_urls_and_a_dead_receiver_never_fails_the_run():
+    from prefect import flow
+
+    from fledge.core.policy import NotificationPolicy
+    from support.receiver import WebhookReceiver
+    from tasks.reporting import notify
+
+    with WebhookReceiver() as receiver:
+        policy = NotificationPolicy(urls=[receiver.url, "json://127.0.0.1:9/nobody-listens"], timeout_seconds=2)
+
+        @flow(name="notify-check")
+        def check():
+            return notify(policy, "m", "rolled_back", "Release of m/2: ROLLED_BACK", "the canary's errors")
+
+        problems = check()
+        post = receiver.wait_for("ROLLED_BACK")
+        assert post["path"] == "/fledge-hook" and post["message"] == "the canary's errors" and post["type"] == "warning"
+        assert len(problems) == 1 and "did not accept" in problems[0]
+        quiet = NotificationPolicy(urls=[receiver.url], outcomes=["promoted"])
+
+        @flow(name="notify-check")
+        def not_listed():
+            return notify(quiet, "m", "rejected", "Release of m/3: REJECTED", "-")
+
+        assert not_listed() == [] and len(receiver.posts) == 1  # rejections are not among its outcomes

@@ -1,10 +1,9 @@
-"""The release's pure decisions: approval answers, the post-promotion watch, and the verdict
-of suites judged one at a time."""
+"""The release's pure decisions: the post-promotion watch and the verdict of suites judged one
+at a time (approval answers: test_approval_credentials)."""
 
 import pytest
 
 from evals.verdict import ReleaseVerdict, combine_verdicts
-from fledge.services.approval import ApprovalAnswer, ApprovalOutcome, judge_approval
 from fledge.core.outcome import GateResult, Outcome
 from fledge.core.policy import load_policy
 from serving.canary.watch import judge_watch
@@ -12,25 +11,6 @@ from serving.canary.window import VersionWindow
 from serving.gateway.metrics import Observation
 
 POLICY = load_policy()
-APPROVAL = POLICY.approval.model_copy(update={"required": True, "approvers": ["alice", "bob"], "timeout_seconds": 60})
-
-
-@pytest.mark.parametrize("answer, outcome, says", [
-    (None, ApprovalOutcome.REJECTED, "no answer within 60 s"),
-    (ApprovalAnswer(approve=True, approver="alice", comment="numbers look good"), ApprovalOutcome.APPROVED, "approved by alice: numbers look good"),
-    (ApprovalAnswer(approve=False, approver="bob", comment="wait for Monday"), ApprovalOutcome.REJECTED, "rejected by bob: wait for Monday"),
-    (ApprovalAnswer(approve=True, approver="mallory"), ApprovalOutcome.NOT_ALLOWED, "mallory may not answer"),
-    (ApprovalAnswer(approve=True, approver="  "), ApprovalOutcome.NOT_ALLOWED, "does not say who"),
-])
-def test_approval_answers(answer, outcome, says):
-    decision = judge_approval(answer, APPROVAL)
-    assert decision.outcome is outcome
-    assert says in decision.reason
-
-
-def test_anyone_may_approve_when_the_policy_names_nobody():
-    open_policy = APPROVAL.model_copy(update={"approvers": []})
-    assert judge_approval(ApprovalAnswer(approve=True, approver="carol"), open_policy).outcome is ApprovalOutcome.APPROVED
 
 
 WATCH = POLICY.watch  # error rate 2 %, TTFT p95 2000 ms, ITL p95 500 ms, ratio 1.5, 20 samples

@@ -1,0 +1,1 @@
+"""The stack's components, one module each: how it is prepared, started, checked and stopped."""
