@@ -43,6 +43,19 @@ def _description(report: str, candidate: str, policy: ApprovalPolicy, question: 
     )
 
 
+def _reclaim_after_pause_expiry() -> None:
+    """The pause's timeout is also the server's: its pause-expiration service marks a run still
+    paused past it Failed ("paused and never resumed"), racing this process's own timeout. The
+    run is alive and decides the timeout itself (the release is rejected, everything put back),
+    so it takes its run back to Running; otherwise a rejected release would show as Failed."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import Running
+
+    if runtime.flow_run.id:
+        with get_client(sync_client=True) as client:
+            client.set_flow_run_state(runtime.flow_run.id, Running(), force=True)
+
+
 def ask_for_approval(report: str, candidate: str, policy: ApprovalPolicy, key: str = "approval",
                      requester: str | None = None, evaluation_runs: dict[str, str] | None = None
                      ) -> tuple[ApprovalDecision, Question]:
@@ -52,24 +65,64 @@ def ask_for_approval(report: str, candidate: str, policy: ApprovalPolicy, key: s
                         evaluation_runs=evaluation_runs or {})
     description = _description(report, candidate, policy, question)
     deadline = time.monotonic() + policy.timeout_seconds
-    attempt = 0
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return judge_approval(None, policy, question), question
-        log.info(f"Waiting for approval of {candidate} ({remaining:.0f} s left): answer the form on this flow run "
-                 f"in the Prefect UI with your signed credential (report digest {question.report_digest[:16]})")
-        attempt += 1
+    waker = _DeadlineWaker(deadline)
+    try:
+        attempt = 0
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return judge_approval(None, policy, question), question
+            log.info(f"Waiting for approval of {candidate} ({remaining:.0f} s left): answer the form on this flow run "
+                     f"in the Prefect UI with your signed credential (report digest {question.report_digest[:16]})")
+            attempt += 1
+            try:
+                answer = pause_flow_run(
+                    wait_for_input=ApprovalForm.with_initial_data(description=description),
+                    timeout=int(remaining) + SERVER_GRACE_S,
+                    poll_interval=max(1, min(10, int(remaining // 5) or 1)),
+                    key=f"{key}-{attempt}",
+                )
+            except FlowPauseTimeout:
+                _reclaim_after_pause_expiry()
+                return judge_approval(None, policy, question), question
+            decision = judge_approval(ApprovalAnswer.model_validate(answer.model_dump()), policy, question, requester)
+            if decision.outcome is not ApprovalOutcome.NOT_ALLOWED:
+                return decision, question
+            if not waker.woke:
+                log.warning(f"Answer not counted: {decision.reason}")
+    finally:
+        waker.cancel()
+
+
+# The server's pause expiry (its pause-expiration service marks a run paused past it Failed) is
+# set this much after the policy's deadline, which this process keeps itself (_DeadlineWaker):
+# a rejected release never shows as Failed for the race between the two.
+SERVER_GRACE_S = 60
+
+
+class _DeadlineWaker:
+    """At the deadline, resume the paused run with an empty answer: it counts for nothing and
+    wakes the flow, which then finds its time up."""
+
+    def __init__(self, deadline: float):
+        import threading
+
+        self.woke = False
+        self._run_id = runtime.flow_run.id
+        self._timer = threading.Timer(max(0.0, deadline - time.monotonic()), self._wake)
+        self._timer.daemon = True
+        if self._run_id:
+            self._timer.start()
+
+    def _wake(self) -> None:
+        from prefect.flow_runs import resume_flow_run
+
+        self.woke = True
         try:
-            answer = pause_flow_run(
-                wait_for_input=ApprovalForm.with_initial_data(description=description),
-                timeout=max(1, int(remaining)),
-                poll_interval=max(1, min(10, int(remaining // 5) or 1)),
-                key=f"{key}-{attempt}",
-            )
-        except FlowPauseTimeout:
-            return judge_approval(None, policy, question), question
-        decision = judge_approval(ApprovalAnswer.model_validate(answer.model_dump()), policy, question, requester)
-        if decision.outcome is not ApprovalOutcome.NOT_ALLOWED:
-            return decision, question
-        log.warning(f"Answer not counted: {decision.reason}")
+            resume_flow_run(self._run_id, run_input={"approve": False, "approver": "", "credential": "",
+                                                     "comment": "the approval's deadline passed"})
+        except Exception:  # not paused at that instant: the loop sees the deadline itself
+            pass
+
+    def cancel(self) -> None:
+        self._timer.cancel()

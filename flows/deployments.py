@@ -18,7 +18,7 @@ from pathlib import Path
 from prefect import Flow
 
 from fledge.core.policy import ReleasePolicy
-from flows.dispatch import evaluate_suite_flow, quantize_flow
+from flows.dispatch import evaluate_suites_flow, quantize_flow
 from flows.release import release
 from flows.release_watch import release_watch
 from flows.run_policy import deployment_parameters, deployment_tags
@@ -43,8 +43,8 @@ def deployment_specs(policy: ReleasePolicy) -> list[dict]:
              parameters=parameters, description="Put the previous champion back."),
         dict(flow=promote, entrypoint="flows/rollback.py:promote", name="promote", pool=CPU_POOL, cron=None,
              parameters=parameters, description="Make an evaluated version the champion."),
-        dict(flow=evaluate_suite_flow, entrypoint="flows/dispatch.py:evaluate_suite_flow", name=GPU_POOL, pool=GPU_POOL,
-             cron=None, parameters={}, description="One evaluation suite on a GPU runner."),
+        dict(flow=evaluate_suites_flow, entrypoint="flows/dispatch.py:evaluate_suites_flow", name=GPU_POOL, pool=GPU_POOL,
+             cron=None, parameters={}, description="The release's evaluation suites on a GPU runner."),
         dict(flow=quantize_flow, entrypoint="flows/dispatch.py:quantize_flow", name=GPU_POOL, pool=GPU_POOL,
              cron=None, parameters={}, description="Quantize and gate a version on a GPU runner."),
     ]

@@ -34,7 +34,7 @@ from fledge.services import releases
 from fledge.services.approval import ApprovalOutcome, Requester, identify_requester, mark_request_used, used_requests
 from fledge.services.releases import STATUS_AFTER, ReleaseInputError, ReleaseOutcome, ReleaseRecord, ReleaseTarget
 from flows.approval import ask_for_approval
-from flows.dispatch import evaluate_suites, quantize
+from flows.dispatch import evaluate_suites, gpu_pool, quantize
 from flows.run_origin import started_by_schedule
 from flows.run_policy import run_policy
 from registry.errors import RegistryError
@@ -154,20 +154,23 @@ def _open_record(target: ReleaseTarget, policy: ReleasePolicy, requester: Reques
 
 
 def _evaluate(release: _Release, log) -> dict[str, str]:
-    """Suite by suite; returns the evaluation runs by suite and sets the release's verdict."""
-    results, skipped = {}, {}
+    """Suite by suite, here or on the GPU pool; returns the evaluation runs by suite and sets
+    the release's verdict."""
     record = release.record
-    for suite in SUITE_ORDER:
-        failed = [s for s, r in results.items() if r.verdict.outcome is Outcome.FAIL]
-        if failed:
-            skipped[suite] = f"the release was already rejected by the {failed[0]} gate"
-            continue
-        with release.clock(f"evaluate {suite}"):
-            result, cached = evaluate_suites(record.candidate, record.champion, suite, release.policy, record.mlflow_run_id)
-        results[suite] = result
-        if cached:
-            release.reused.append(suite)
-            log(f"{suite}: reused the evaluation finished by an earlier run (MLflow run {result.run_id})")
+    clock = release.clock if not gpu_pool() else None
+    if clock is None:
+        with release.clock("evaluate on the gpu pool"):
+            outcomes = evaluate_suites(record.candidate, record.champion, list(SUITE_ORDER), release.policy,
+                                       record.mlflow_run_id)
+    else:
+        outcomes = evaluate_suites(record.candidate, record.champion, list(SUITE_ORDER), release.policy,
+                                   record.mlflow_run_id, clock)
+    results = {o.suite: o.result for o in outcomes if o.result is not None}
+    skipped = {o.suite: o.skipped_because for o in outcomes if o.result is None}
+    for o in outcomes:
+        if o.cached:
+            release.reused.append(o.suite)
+            log(f"{o.suite}: reused the evaluation finished by an earlier run (MLflow run {o.result.run_id})")
     release.verdict = combine_verdicts(release.policy, [r.verdict for r in results.values()], skipped)
     return {suite: r.run_id for suite, r in results.items()}
 
@@ -289,7 +292,7 @@ def _run_gates_and_rollout(release: _Release, auto_approve: bool, log) -> tuple[
         except RegistryError as error:
             raise _Ended(ReleaseOutcome.REJECTED, "verify", f"the artifact cannot be served: {error}") from None
     with clock("quantize"):
-        quantized = quantize(record.requested, policy)
+        quantized = quantize(record.requested, policy, record.mlflow_run_id)
     if quantized.outcome is not Outcome.PASS:
         raise _Ended(ReleaseOutcome.REJECTED, "quantize", "quantization gate: " + "; ".join(quantized.reasons))
     if quantized.ref != record.candidate:

@@ -102,3 +102,16 @@ def finish_release_run(run_id: str, outcome: releases.ReleaseOutcome, reason: st
     if stage_seconds:
         runs.log_metrics(run_id, {f"seconds.{stage.replace(' ', '_')}": seconds for stage, seconds in stage_seconds.items()})
     releases.finish_release_run(runs, run_id, outcome, reason)
+
+
+@task(name="hand back result", cache_policy=NO_CACHE, **TRANSIENT)
+def hand_back(run_id: str, name: str, payload_json: str) -> str:
+    """A dispatched step's result, stored as an artifact of the release's MLflow run (through the
+    tracking server's proxied artifact store, which the release's host reads too)."""
+    workspace().registry.runs.log_text(run_id, name, payload_json, folder="dispatch")
+    return f"dispatch/{name}"
+
+
+@task(name="read handed-back result", cache_policy=NO_CACHE, **TRANSIENT)
+def read_handed_back(run_id: str, path: str) -> str:
+    return workspace().registry.runs.artifact_text(run_id, path)

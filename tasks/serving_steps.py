@@ -256,3 +256,11 @@ def retire_others(model: str, keep_ref: str) -> list[str]:
     for key in others:
         retire_instance.fn(model, key)
     return others
+
+
+@task(name="stop this host's servers", cache_policy=NO_CACHE)
+def stop_local_servers() -> list[str]:
+    """Every vLLM server of this worker's home: a GPU step's evaluation servers end with it."""
+    from fledge.services.plane import stop_serving
+
+    return stop_serving(workspace().home)

@@ -34,6 +34,9 @@ rollout_app = typer.Typer(help="The rollouts the serving plane's controller owns
                           "approve or reject (the shadow step's question).",
                           no_args_is_help=True)
 app.add_typer(rollout_app, name="rollout")
+stack_app = typer.Typer(help="The team stack on this machine: PostgreSQL, MLflow and Prefect servers, the cpu and gpu "
+                                   "workers, Prometheus (`source FLEDGE_HOME/stack/env` to use it).", no_args_is_help=True)
+app.add_typer(stack_app, name="stack")
 keys_app = typer.Typer(help="Personal signing keys: who asks for a release and who approves it, by signature.",
                        no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
@@ -905,6 +908,40 @@ def keys_sign_request(
 
     path = Path(str(key).replace("{user}", getpass.getuser())).expanduser()
     console.print(_signed_request(name, version, path), highlight=False, soft_wrap=True)
+
+
+@stack_app.command("up")
+@friendly
+def stack_up() -> None:
+    """Bring the team stack up from nothing, or start what is not running healthy (idempotent).
+
+    Example: `fledge stack up && source .fledge/stack/env`
+    """
+    import subprocess
+
+    from fledge.stack import up
+
+    subprocess.run(["bash", str(Path(__file__).resolve().parents[2] / "scripts" / "stack-setup.sh")], check=True)
+    up(FledgeHome.from_env())
+
+
+@stack_app.command("status")
+@friendly
+def stack_status() -> None:
+    """Each component of the team stack: pid, port, healthy or not (exit 1 if one is not)."""
+    from fledge.stack import status
+
+    if not all(row.healthy for row in status(FledgeHome.from_env())):
+        raise typer.Exit(1)
+
+
+@stack_app.command("down")
+@friendly
+def stack_down(purge: bool = typer.Option(False, "--purge", help="Remove the stack's data too.")) -> None:
+    """Stop everything `fledge stack up` started (the serving fleet through its own stop), and nothing else."""
+    from fledge.stack import down
+
+    down(FledgeHome.from_env(), purge=purge)
 
 
 def main() -> None:  # pragma: no cover - console-script entry

@@ -245,6 +245,7 @@ class Gateway:
         self.buckets = {key: TokenBucket(rate) for key, rate in self.api_keys.items()}
         self.book: RouteBook = load_routes(routes_path)
         self.metrics = GatewayMetrics()
+        self._publish_weights()
         self.mirrors = MirrorBook()
         self.queues = BackendQueues()  # the mirrored backends' queues: a mirror is dropped while one waits
         self.in_flight: dict[str, int] = {}
@@ -671,7 +672,12 @@ class Gateway:
         book = self.book.with_table(table)
         save_routes(book, self.routes_path)  # persist first: a crash never loses an acknowledged change
         self.book = book
+        self._publish_weights()
         return self._routes_json(table.model)
+
+    def _publish_weights(self) -> None:
+        self.metrics.set_weights({(model, key): backend.weight for model, table in self.book.tables.items()
+                                  for key, backend in table.backends.items()})
 
     def _routes_json(self, model: str | None) -> JSONResponse:
         table = self.book.tables.get(model) if model else None

@@ -62,9 +62,24 @@ class GatewayMetrics:
         self.mirrored = Counter("fledge_gateway_mirrored_requests", "Live requests mirrored to a rollout's candidate "
                                 "and baseline, or not mirrored because a side had its bound of mirrored requests",
                                 ["model", "outcome"], registry=self.registry)
+        # The route table's weights (what an operator or the rollout controller set, ejections
+        # aside): the dashboard's canary weight over time, and which versions should get traffic.
+        self.weights = Gauge("fledge_gateway_backend_weight", "Percent of a model's traffic the route table gives "
+                             "each backend version", labels, registry=self.registry)
+        self._weighted: set[tuple[str, str]] = set()
         self._observations: deque[Observation] = deque(maxlen=window)
         self._lock = threading.Lock()
         self._last_seq = int(time.monotonic() * 1_000_000)
+
+    def set_weights(self, weights: dict[tuple[str, str], int]) -> None:
+        """Publish the weights of every (model, version) routed now; a version no longer routed
+        loses its series. New values are set before old series go, so a scrape never sees a
+        model without weights."""
+        for (model, version), weight in weights.items():
+            self.weights.labels(model, version).set(weight)
+        for model, version in self._weighted - set(weights):
+            self.weights.remove(model, version)
+        self._weighted = set(weights)
 
     @property
     def last_seq(self) -> int:

@@ -190,12 +190,12 @@ def test_deployments_are_registered_on_the_cpu_and_gpu_pools_with_the_policy_cro
     policy = load_policy()
     names = deploy_to_pools(policy)
     assert {"release/release", "release-watch/release-watch", "rollback/rollback", "promote/promote",
-            "evaluate-suite/gpu", "quantize-version/gpu"} == set(names)
+            "evaluate-suites/gpu", "quantize-version/gpu"} == set(names)
     with get_client(sync_client=True) as client:
         watch = client.read_deployment_by_name("release-watch/release-watch")
         assert watch.work_pool_name == "cpu"
         assert [s.schedule.cron for s in watch.schedules] == [policy.schedule.release_watch_cron]
-        assert client.read_deployment_by_name("evaluate-suite/gpu").work_pool_name == "gpu"
+        assert client.read_deployment_by_name("evaluate-suites/gpu").work_pool_name == "gpu"
         release = client.read_deployment_by_name("release/release")
         assert set(release.parameter_openapi_schema["properties"]) == {"model", "candidate", "policy", "overrides",
                                                                        "auto_approve", "requester_credential"}

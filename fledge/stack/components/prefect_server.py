@@ -34,6 +34,8 @@ class PrefectServer(Component):
             env={
                 "PREFECT_HOME": str(ctx.layout.prefect_home),
                 "PREFECT_SERVER_DATABASE_CONNECTION_URL": ctx.database_url("prefect", driver="postgresql+asyncpg"),
+                # The UI's browser code calls the API at this URL (default 127.0.0.1:4200): this server's port.
+                "PREFECT_SERVER_UI_API_URL": ctx.prefect_api,
             },
             cwd=ctx.layout.prefect_home)
 

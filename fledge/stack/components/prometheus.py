@@ -3,9 +3,10 @@
 What it scrapes is not in its config: it reads the file_sd files under
 FLEDGE_HOME/stack/prometheus/targets every 5 s, which the serving fleet rewrites whenever an
 instance is recorded or removed (fledge.core.scrape_targets). So a new canary is scraped
-seconds after it starts, without a reload. Alerting rules go to stack/prometheus/rules/*.yml.
-A changed config (this module's) is applied by a reload (--web.enable-lifecycle), not a
-restart, so the TSDB's head stays in memory.
+seconds after it starts, without a reload. The serving alerts (serving/monitoring/alerts.yml,
+production windows) are installed as stack/prometheus/rules/fledge-alerts.yml at every `up`;
+other *.yml files there are loaded too. A changed config or rules file is applied by a reload
+(--web.enable-lifecycle), not a restart, so the TSDB's head stays in memory.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from fledge.stack.layout import PROMETHEUS_BIN
 from fledge.stack.ports import HOST
 from fledge.stack.processes import LaunchSpec
 from fledge.stack.records import ComponentRecord
+from serving.monitoring.rules import render as render_alert_rules
 
+ALERT_RULES_FILE = "fledge-alerts.yml"
 SCRAPE_INTERVAL = "2s"
 TARGETS_REFRESH = "5s"
 
@@ -53,9 +56,8 @@ class Prometheus(Component):
         path = ctx.layout.prometheus_config
         content = "# Written by fledge.stack at every `up`: edits here are overwritten.\n" + yaml.safe_dump(
             config(ctx), sort_keys=False)
-        self.config_changed = not (path.is_file() and path.read_text() == content)
-        if self.config_changed:
-            write_atomic(path, content)
+        self.config_changed = _write_if_changed(path, content)
+        self.config_changed |= install_alert_rules(ctx.layout.rules, render_alert_rules())
 
     def spec(self, ctx: StackContext) -> LaunchSpec:
         layout = ctx.layout
@@ -73,7 +75,27 @@ class Prometheus(Component):
 
     def finish(self, ctx: StackContext, started: bool) -> None:
         if self.config_changed and not started:
-            response = httpx.post(f"{ctx.url(self.port)}/-/reload", timeout=10)
-            if response.status_code != 200:
-                raise StackError(f"Prometheus refused its new config ({ctx.layout.prometheus_config}): "
-                                 f"{response.text.strip()}; its log: {ctx.layout.log(self.name)}.")
+            reload(ctx.url(self.port), f"{ctx.layout.prometheus_config} or {ctx.layout.rules}",
+                   ctx.layout.log(self.name))
+
+
+def _write_if_changed(path, content: str) -> bool:
+    if path.is_file() and path.read_text() == content:
+        return False
+    write_atomic(path, content)
+    return True
+
+
+def install_alert_rules(rules_dir, content: str) -> bool:
+    """Install a rendering of the serving alerts (serving.monitoring.rules) as the stack's alert
+    rules; True when the file changed (Prometheus needs a reload to see it)."""
+    rules_dir.mkdir(parents=True, exist_ok=True)
+    return _write_if_changed(rules_dir / ALERT_RULES_FILE, content)
+
+
+def reload(prometheus_url: str, what: str, log) -> None:
+    """Have Prometheus read its config and rules again; an invalid file is refused by Prometheus
+    (it keeps the old ones) and raised here with its reason."""
+    response = httpx.post(f"{prometheus_url}/-/reload", timeout=30)
+    if response.status_code != 200:
+        raise StackError(f"Prometheus refused its new config ({what}): {response.text.strip()}; its log: {log}.")
