@@ -912,17 +912,23 @@ def keys_sign_request(
 
 @stack_app.command("up")
 @friendly
-def stack_up() -> None:
+def stack_up(
+    serve: Optional[list[str]] = typer.Option(None, "--serve", help="A model whose champion the serving plane "
+                                              "serves (repeat for more); remembered for later `up`s."),
+    plane_policy: Optional[Path] = typer.Option(None, "--plane-policy", help="Policy YAML of the plane's serving "
+                                                "settings (default policies/default.yaml)."),
+) -> None:
     """Bring the team stack up from nothing, or start what is not running healthy (idempotent).
+    With --serve, the serving plane too (its models' champions registered in the stack's MLflow).
 
-    Example: `fledge stack up && source .fledge/stack/env`
+    Example: `fledge stack up && source .fledge/stack/env`, later `fledge stack up --serve tiny-llama`
     """
     import subprocess
 
     from fledge.stack import up
 
     subprocess.run(["bash", str(Path(__file__).resolve().parents[2] / "scripts" / "stack-setup.sh")], check=True)
-    up(FledgeHome.from_env())
+    up(FledgeHome.from_env(), serve=serve, plane_policy=plane_policy)
 
 
 @stack_app.command("status")

@@ -1,4 +1,4 @@
-"""`python -m fledge.stack up|status|down [--home PATH] [--purge]`: the team stack without the
+"""`python -m fledge.stack up|status|down [--home PATH] [--serve MODEL...] [--purge]`: the team stack without the
 `fledge` CLI (which wires the same three functions as `fledge stack ...`)."""
 
 from __future__ import annotations
@@ -16,6 +16,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=["up", "status", "down"])
     parser.add_argument("--home", type=Path, help="FLEDGE_HOME (default: $FLEDGE_HOME, else ./.fledge)")
     parser.add_argument("--purge", action="store_true", help="with down: remove the stack's data too")
+    parser.add_argument("--serve", nargs="+", metavar="MODEL",
+                        help="with up: the plane serves these models' champions (remembered for later `up`s)")
+    parser.add_argument("--plane-policy", type=Path, help="with up --serve: the policy YAML of the plane's serving settings")
     args = parser.parse_args(argv)
     home = FledgeHome(args.home.expanduser().resolve()) if args.home else FledgeHome.from_env()
 
@@ -23,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command == "up":
-            up(home)
+            up(home, serve=args.serve, plane_policy=args.plane_policy)
         elif args.command == "status":
             return 0 if all(row.healthy for row in status(home)) else 1
         else:

@@ -18,3 +18,13 @@ def render(variables: dict[str, str]) -> str:
 
 def write(path: Path, variables: dict[str, str]) -> None:
     write_atomic(path, render(variables))
+
+
+def read(path: Path) -> dict[str, str]:
+    """The variables a `source` of the file would export (for a process that cannot source it)."""
+    variables = {}
+    for line in Path(path).read_text().splitlines():
+        if line.startswith("export "):
+            name, _, value = line[len("export "):].partition("=")
+            variables[name] = shlex.split(value)[0] if value else ""
+    return variables

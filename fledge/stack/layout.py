@@ -63,6 +63,10 @@ class StackLayout:
         return self.root / "env"
 
     @property
+    def plane_config(self) -> Path:
+        return self.root / "plane.json"  # the models `up --serve` named: the plane serves them from then on
+
+    @property
     def password_file(self) -> Path:
         return self.root / "db-password"  # 0600: the role's password, never in the state file or a command line
 

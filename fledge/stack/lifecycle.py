@@ -2,7 +2,8 @@
 
 `up` goes in phases, each component of a phase starting at once and the phase waiting for
 all of them: the stores (PostgreSQL, Prometheus), then the servers on PostgreSQL (MLflow,
-Prefect, with the work pools), then the workers. A component that already runs what is
+Prefect, with the work pools), then the workers, then the serving plane when it has models to
+serve (`up --serve NAME`, remembered for later `up`s). A component that already runs what is
 wanted (same launch digest) and answers its health check is left alone, so a second `up`
 takes about a second and changes no pid; a dead one, one that does not answer, or one whose
 configuration changed (a new port, a new password) is started again.
@@ -23,6 +24,7 @@ from fledge.core.state import create_once, read_json
 from fledge.stack import envfile, records, targets
 from fledge.stack.components.base import Component, StackContext
 from fledge.stack.components.mlflow_server import MlflowServer
+from fledge.stack.components.plane import Plane, PlaneConfig, configure
 from fledge.stack.components.postgres import Postgres
 from fledge.stack.components.prefect_server import PrefectServer
 from fledge.stack.components.prometheus import Prometheus
@@ -37,17 +39,20 @@ from fledge.stack.records import ComponentRecord, StackRecord
 Log = Callable[[str], None]
 
 
-def phases() -> list[list[Component]]:
-    return [[Postgres(), Prometheus()], [MlflowServer(), PrefectServer()],
-            [Worker("cpu", remote=False), Worker("gpu", remote=True)]]
+def phases(plane: PlaneConfig | None = None) -> list[list[Component]]:
+    started = [[Postgres(), Prometheus()], [MlflowServer(), PrefectServer()],
+               [Worker("cpu", remote=False), Worker("gpu", remote=True)]]
+    return started + [[Plane(plane)]] if plane is not None else started
 
 
 def components() -> list[Component]:
-    return [c for phase in phases() for c in phase]
+    """Every component `status` reports and `down` stops, the plane included."""
+    return [c for phase in phases(PlaneConfig(models=())) for c in phase]
 
 
-# The plane's port is reserved, not bound: `fledge gateway NAME --port $FLEDGE_PLANE_PORT`
-# serves there, so every host is told one URL before the plane even runs.
+# The plane's port is reserved even while no plane runs: every host is told one URL
+# ($FLEDGE_PLANE_URL) before the plane starts, and `fledge gateway NAME --port
+# $FLEDGE_PLANE_PORT` by hand serves there too.
 PORTS = ["postgres", "prometheus", "mlflow", "prefect", "plane"]
 
 
@@ -115,17 +120,21 @@ def _wait(item: Started, ctx: StackContext) -> None:
                  item.component.timeout(), Path(item.record.log), item.component.health_check(ctx))
 
 
-def up(home: FledgeHome | Path | str | None = None, log: Log = print) -> StackRecord:
-    """Bring the stack up (or leave what runs healthy alone); returns the record."""
+def up(home: FledgeHome | Path | str | None = None, log: Log = print, serve: list[str] | None = None,
+       plane_policy: Path | None = None) -> StackRecord:
+    """Bring the stack up (or leave what runs healthy alone); returns the record. SERVE names
+    the models the plane serves from now on (their champions must be registered in the stack's
+    MLflow); without it, the models an earlier `up --serve` named, or no plane."""
     layout = _layout(home).ensure()
     _require_python_clients()
     with records.locked(layout.lock_file):
+        plane = configure(layout.plane_config, serve, plane_policy) if serve else PlaneConfig.load(layout.plane_config)
         record = records.load(layout.state_file, layout.home.root)
         _clear_orphans(record)
         ctx = _context(layout, record)
         record.ports, record.pg_root = ctx.ports, str(layout.pg_root)
         records.save(layout.state_file, record)
-        for phase in phases():
+        for phase in phases(plane):
             waiting: list[Started] = []
             for component in phase:
                 component.prepare(ctx)
@@ -181,6 +190,8 @@ def status(home: FledgeHome | Path | str | None = None, log: Log | None = print)
     rows = []
     for component in components():
         existing = record.components.get(component.name)
+        if component.name == "plane" and existing is None and PlaneConfig.load(layout.plane_config) is None:
+            continue  # no model to serve was ever named: no plane is wanted, none is missing
         running = existing is not None and alive(existing.pid)
         healthy = False
         if running:
@@ -212,7 +223,7 @@ def _stop_serving(home: FledgeHome, log: Log) -> None:
 
 
 def down(home: FledgeHome | Path | str | None = None, purge: bool = False, log: Log = print) -> list[str]:
-    """Stop everything `up` started, workers first and PostgreSQL last, each by its recorded
+    """Stop everything `up` started, the plane and its servers first and PostgreSQL last, each by its recorded
     pid and process group (the component's stop signal, SIGKILL after a grace). The ports
     stay recorded for the next `up`; with `purge` the stack's data goes too (databases,
     artifacts, Prometheus' TSDB). Returns the components that were running."""
@@ -220,15 +231,13 @@ def down(home: FledgeHome | Path | str | None = None, purge: bool = False, log: 
     stopped: list[str] = []
     with records.locked(layout.lock_file):
         record = records.load(layout.state_file, layout.home.root)
+        # The plane first (it would start the champions again), then its servers, then the rest.
+        ordered = sorted(reversed(components()), key=lambda c: c.name != "plane")
+        for component in ordered[:1]:
+            _stop_component(component, record, layout, stopped, log)
         _stop_serving(layout.home, log)
-        for component in reversed(components()):
-            existing = record.components.pop(component.name, None)
-            if existing is None:
-                continue
-            if stop_group(existing.pid, component.stop_signal, component.grace_s):
-                stopped.append(component.name)
-                log(f"{component.name:<11} stopped   pid {existing.pid}")
-            records.save(layout.state_file, record)
+        for component in ordered[1:]:
+            _stop_component(component, record, layout, stopped, log)
         # Started by a component but out of its group (a flow run, a PostgreSQL backend).
         stray = members_of(layout.home.root, _clusters(layout, record))
         if stray:
@@ -242,6 +251,17 @@ def down(home: FledgeHome | Path | str | None = None, purge: bool = False, log: 
         else:
             records.save(layout.state_file, record)
     return stopped
+
+
+def _stop_component(component: Component, record: StackRecord, layout: StackLayout, stopped: list[str],
+                    log: Log) -> None:
+    existing = record.components.pop(component.name, None)
+    if existing is None:
+        return
+    if stop_group(existing.pid, component.stop_signal, component.grace_s):
+        stopped.append(component.name)
+        log(f"{component.name:<11} stopped   pid {existing.pid}")
+    records.save(layout.state_file, record)
 
 
 def _clusters(layout: StackLayout, record: StackRecord) -> tuple[Path, ...]:

@@ -46,6 +46,7 @@ class Stack:
     home: Path
     cold_up_s: float
     cold_up_output: str
+    plane_up_s: float | None = None  # `up --serve`: the plane's start, its champion's vLLM included
 
     @property
     def layout(self):

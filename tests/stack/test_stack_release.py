@@ -1,5 +1,6 @@
 """Fledge as a team runs it, on the session's team stack (PostgreSQL, MLflow server, Prefect
-server, the `cpu` and `gpu` process workers, Prometheus) with a serving plane and users:
+server, the `cpu` and `gpu` process workers, Prometheus) with users on its serving plane, which
+the stack starts (`up --serve`) once the champion is registered:
 
 1. a run of the `release` deployment created through the Prefect API as the UI's Run button
    creates it, requested by bob's signed credential, is picked up by the `cpu` worker; its
@@ -23,14 +24,12 @@ The stack is torn down by tests/stack/test_teardown.py, which checks that no pro
 from __future__ import annotations
 
 import os
-import shlex
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 import yaml
 
@@ -50,12 +49,9 @@ SCREENSHOTS = Path(os.environ.get("FLEDGE_SCREENSHOTS", "/tmp/fledge-screenshots
 
 def stack_env(stack) -> dict[str, str]:
     """What `source FLEDGE_HOME/stack/env` exports."""
-    variables = {}
-    for line in stack.layout.env_file.read_text().splitlines():
-        if line.startswith("export "):
-            name, _, value = line[len("export "):].partition("=")
-            variables[name] = shlex.split(value)[0] if value else ""
-    return variables
+    from fledge.stack import envfile
+
+    return envfile.read(stack.layout.env_file)
 
 
 def write_team_policy(path: Path, receiver_url: str) -> Path:
@@ -108,7 +104,8 @@ def write_figures(team, memory: MemoryPeak) -> None:
         except Exception:  # a release refused before its summary, or a rollback
             continue
         releases.append({k: summary.get(k) for k in ("candidate", "outcome", "seconds", "stage_seconds")})
-    figures = {"cold_up_s": team.stack.cold_up_s, "memory_peak_gib": round(memory.peak_gib, 2), "releases": releases,
+    figures = {"cold_up_s": team.stack.cold_up_s, "plane_up_s": team.stack.plane_up_s,
+               "memory_peak_gib": round(memory.peak_gib, 2), "releases": releases,
                "flow_runs": prefect_timings()}
     Path(os.environ.get("FLEDGE_STACK_FIGURES", "/tmp/fledge-stack-figures.json")).write_text(json.dumps(figures, indent=2))
 
@@ -194,20 +191,15 @@ def team(stack, zoo, tmp_path_factory):
             info, _ = registry.register_once(zoo[variant].path, MODEL, alias=CHAMPION if variant == "base" else CHALLENGER)
             versions[variant] = info.version
         deploy_to_pools(load_policy(policy_path), "team", source=ROOT)
-        log = open(home.logs / "team-plane.log", "w")
-        plane = subprocess.Popen([sys.executable, "-m", "fledge.cli.main", "gateway", MODEL, "--port",
-                                  env["FLEDGE_PLANE_PORT"], "--policy", str(policy_path)],
-                                 env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-                                 start_new_session=True)
-        deadline = time.monotonic() + 400
-        while time.monotonic() < deadline and plane.poll() is None:
-            try:
-                if httpx.get(f"{env['FLEDGE_PLANE_URL']}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
-        assert plane.poll() is None, (home.logs / "team-plane.log").read_text()[-3000:]
+        # The serving plane, started by the stack once it has a champion to serve.
+        began = time.monotonic()
+        served = subprocess.run([sys.executable, "-m", "fledge.stack", "up", "--home", str(stack.home), "--serve", MODEL,
+                                 "--plane-policy", str(policy_path)], capture_output=True, text=True, cwd=ROOT,
+                                timeout=900)
+        assert served.returncode == 0, served.stdout + served.stderr
+        assert "plane       started" in served.stdout and "worker-cpu  running" in served.stdout, served.stdout
+        stack.plane_up_s = time.monotonic() - began
+        plane = stack.record().components["plane"].pid
         users = SyntheticUsers(env["FLEDGE_PLANE_URL"], MODEL, users=3).start()
         memory = MemoryPeak().start()
         team = Team(stack, env, policy_path, registry, versions, plane, receiver, users)
@@ -217,8 +209,6 @@ def team(stack, zoo, tmp_path_factory):
             memory.stop()
             write_figures(team, memory)
             users.stop()
-            plane.terminate()
-            plane.wait(timeout=60)
             receiver.close()
             # The stack's data goes with its teardown: its logs are kept for a failed run's reader.
             shutil.copytree(home.logs, Path(os.environ.get("FLEDGE_STACK_LOGS", "/tmp/fledge-stack-logs")),
