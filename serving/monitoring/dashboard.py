@@ -123,15 +123,10 @@ def concrete(expr: str, models: str = ".+", rate_interval: str = "30s") -> str:
 
 
 def main(argv: list[str]) -> int:
-    content = render()
-    if "--check" in argv:
-        if not SHIPPED.is_file() or SHIPPED.read_text() != content:
-            print(f"{SHIPPED} is not this module's output: run python -m serving.monitoring.dashboard")
-            return 1
-        return 0
-    SHIPPED.write_text(content)
-    print(f"wrote {SHIPPED}")
-    return 0
+    """Write dashboard.json (or check it with --check)."""
+    from serving.monitoring import write_or_check
+
+    return write_or_check(SHIPPED, render(), "serving.monitoring.dashboard", argv)
 
 
 if __name__ == "__main__":

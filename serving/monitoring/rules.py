@@ -89,15 +89,9 @@ def render(settings: AlertSettings | None = None) -> str:
 
 def main(argv: list[str]) -> int:
     """Write alerts.yml from the template (or check it with --check)."""
-    content = render()
-    if "--check" in argv:
-        if SHIPPED.read_text() != content:
-            print(f"{SHIPPED} is not the template at production values: run python -m serving.monitoring.rules")
-            return 1
-        return 0
-    SHIPPED.write_text(content)
-    print(f"wrote {SHIPPED}")
-    return 0
+    from serving.monitoring import write_or_check
+
+    return write_or_check(SHIPPED, render(), "serving.monitoring.rules", argv)
 
 
 if __name__ == "__main__":

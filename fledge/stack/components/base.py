@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from abc import ABC, abstractmethod
 import signal
 import sys
 from dataclasses import dataclass
@@ -63,7 +64,7 @@ class StackContext:
         return self.layout.home.root
 
 
-class Component:
+class Component(ABC):
     name: str = ""
     port: str | None = None  # the name of its port in the record, when it listens on one
     timeout_s: float = 60.0  # to become healthy once started
@@ -76,15 +77,17 @@ class Component:
     def prepare(self, ctx: StackContext) -> None:
         """Before `spec`: create what the process needs to start."""
 
+    @abstractmethod
     def spec(self, ctx: StackContext) -> LaunchSpec:
-        raise NotImplementedError
+        """How to start it."""
 
+    @abstractmethod
     def healthy(self, ctx: StackContext, record: ComponentRecord) -> bool:
-        raise NotImplementedError
+        """Whether the started process answers as it should."""
 
+    @abstractmethod
     def health_check(self, ctx: StackContext) -> str:
         """What `healthy` asks, in words for an error message."""
-        raise NotImplementedError
 
     def url(self, ctx: StackContext) -> str | None:
         return ctx.url(self.port) if self.port else None
