@@ -19,6 +19,7 @@ canary serves the candidate where the serving plane runs.
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
 
 from prefect import flow, get_run_logger, runtime
 from prefect.deployments import run_deployment
@@ -62,11 +63,8 @@ def run_suites_in_order(candidate_ref: str, champion_ref: str, suites: list[str]
             outcomes.append(SuiteOutcome(suite=suite, skipped_because=f"the release was already rejected by the "
                                                                       f"{failed[0]} gate"))
             continue
-        if clock is None:
+        with clock(f"evaluate {suite}") if clock else nullcontext():
             state = evaluate_suite(candidate_ref, champion_ref, suite, policy, release_run_id, return_state=True)
-        else:
-            with clock(f"evaluate {suite}"):
-                state = evaluate_suite(candidate_ref, champion_ref, suite, policy, release_run_id, return_state=True)
         outcomes.append(SuiteOutcome(suite=suite, result=state.result(), cached=state.name == "Cached"))
     return outcomes
 
@@ -80,7 +78,7 @@ def evaluate_suites_flow(candidate_ref: str, champion_ref: str, suites: list[str
     finally:
         stopped = serving_steps.stop_local_servers()
         get_run_logger().info(f"Stopped this step's servers: {', '.join(stopped) or 'none'}")
-    return registry_steps.hand_back(release_run_id, f"{runtime.flow_run.id}.json",
+    return registry_steps.hand_back(release_run_id, str(runtime.flow_run.id),
                                     SuitesHandedBack(suites=outcomes).model_dump_json())
 
 
@@ -90,7 +88,7 @@ def quantize_flow(ref: str, policy: ReleasePolicy, release_run_id: str) -> str:
         step = quantize_candidate(ref, policy)
     finally:
         serving_steps.stop_local_servers()
-    return registry_steps.hand_back(release_run_id, f"{runtime.flow_run.id}.json", step.model_dump_json())
+    return registry_steps.hand_back(release_run_id, str(runtime.flow_run.id), step.model_dump_json())
 
 
 def gpu_pool() -> str | None:
@@ -108,7 +106,7 @@ def _on_gpu(flow_name: str, parameters: dict, release_run_id: str) -> str:
     if not run.state.is_completed():
         raise DispatchFailed(f"{deployment} run {run.id} ended {run.state.name}: {run.state.message}")
     get_run_logger().info(f"{deployment} run {run.name} completed; reading its result from the release's MLflow run")
-    return registry_steps.read_handed_back(release_run_id, f"dispatch/{run.id}.json")
+    return registry_steps.read_handed_back(release_run_id, str(run.id))
 
 
 def evaluate_suites(candidate_ref: str, champion_ref: str, suites: list[str], policy: ReleasePolicy,

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import getpass
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -157,14 +157,11 @@ def _evaluate(release: _Release, log) -> dict[str, str]:
     """Suite by suite, here or on the GPU pool; returns the evaluation runs by suite and sets
     the release's verdict."""
     record = release.record
-    clock = release.clock if not gpu_pool() else None
-    if clock is None:
-        with release.clock("evaluate on the gpu pool"):
-            outcomes = evaluate_suites(record.candidate, record.champion, list(SUITE_ORDER), release.policy,
-                                       record.mlflow_run_id)
-    else:
+    # Dispatched, the suites are one step to this process: timed as one; here, suite by suite.
+    on_gpu = gpu_pool() is not None
+    with release.clock("evaluate on the gpu pool") if on_gpu else nullcontext():
         outcomes = evaluate_suites(record.candidate, record.champion, list(SUITE_ORDER), release.policy,
-                                   record.mlflow_run_id, clock)
+                                   record.mlflow_run_id, clock=None if on_gpu else release.clock)
     results = {o.suite: o.result for o in outcomes if o.result is not None}
     skipped = {o.suite: o.skipped_because for o in outcomes if o.result is None}
     for o in outcomes:

@@ -104,14 +104,18 @@ def finish_release_run(run_id: str, outcome: releases.ReleaseOutcome, reason: st
     releases.finish_release_run(runs, run_id, outcome, reason)
 
 
+HANDED_BACK = "dispatch"  # the folder of the release's MLflow run holding its dispatched steps' results
+
+
 @task(name="hand back result", cache_policy=NO_CACHE, **TRANSIENT)
-def hand_back(run_id: str, name: str, payload_json: str) -> str:
-    """A dispatched step's result, stored as an artifact of the release's MLflow run (through the
-    tracking server's proxied artifact store, which the release's host reads too)."""
-    workspace().registry.runs.log_text(run_id, name, payload_json, folder="dispatch")
-    return f"dispatch/{name}"
+def hand_back(run_id: str, flow_run_id: str, payload_json: str) -> str:
+    """A dispatched step's result (the step's flow run FLOW_RUN_ID), stored as an artifact of the
+    release's MLflow run RUN_ID through the tracking server's proxied artifact store, which the
+    release's host reads too. Returns its path in the run."""
+    workspace().registry.runs.log_text(run_id, f"{flow_run_id}.json", payload_json, folder=HANDED_BACK)
+    return f"{HANDED_BACK}/{flow_run_id}.json"
 
 
 @task(name="read handed-back result", cache_policy=NO_CACHE, **TRANSIENT)
-def read_handed_back(run_id: str, path: str) -> str:
-    return workspace().registry.runs.artifact_text(run_id, path)
+def read_handed_back(run_id: str, flow_run_id: str) -> str:
+    return workspace().registry.runs.artifact_text(run_id, f"{HANDED_BACK}/{flow_run_id}.json")

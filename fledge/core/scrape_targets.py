@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Iterable
 from urllib.parse import urlsplit
 
-from fledge.core.state import StatePaths, read_json, write_atomic
+from fledge.core.state import StatePaths, read_json, write_if_changed
 
 TARGETS_FILE = "fledge.json"  # one file for the whole plane: rewritten whole, never appended
 GATEWAY_JOB, VLLM_JOB = "fledge-gateway", "vllm"
@@ -54,8 +54,7 @@ def write_scrape_targets(targets_dir: Path, gateway_url: str | None, instances: 
     when the content is unchanged: the fleet rewrites its records at every lease renewal."""
     path = Path(targets_dir) / TARGETS_FILE
     content = json.dumps(scrape_targets(gateway_url, instances), indent=2) + "\n"
-    if not (path.is_file() and path.read_text() == content):
-        write_atomic(path, content)
+    write_if_changed(path, content)
     return path
 
 

@@ -40,6 +40,15 @@ def write_atomic(path: Path, data: str | bytes, mode: int | None = None) -> None
         os.close(directory)
 
 
+def write_if_changed(path: Path, content: str) -> bool:
+    """`write_atomic` unless the file already holds `content`; True when it was written (a
+    reader watching the file, e.g. Prometheus, sees no change otherwise)."""
+    if path.is_file() and path.read_text() == content:
+        return False
+    write_atomic(path, content)
+    return True
+
+
 def create_once(path: Path, data: str, mode: int = 0o600) -> str:
     """Write `data` to `path` unless it exists; returns what the file holds. Two processes
     racing here end up reading the same content: the file appears under its name whole

@@ -232,11 +232,11 @@ def down(home: FledgeHome | Path | str | None = None, purge: bool = False, log: 
     with records.locked(layout.lock_file):
         record = records.load(layout.state_file, layout.home.root)
         # The plane first (it would start the champions again), then its servers, then the rest.
-        ordered = sorted(reversed(components()), key=lambda c: c.name != "plane")
-        for component in ordered[:1]:
+        last_first = list(reversed(components()))
+        for component in [c for c in last_first if c.name == "plane"]:
             _stop_component(component, record, layout, stopped, log)
         _stop_serving(layout.home, log)
-        for component in ordered[1:]:
+        for component in [c for c in last_first if c.name != "plane"]:
             _stop_component(component, record, layout, stopped, log)
         # Started by a component but out of its group (a flow run, a PostgreSQL backend).
         stray = members_of(layout.home.root, _clusters(layout, record))

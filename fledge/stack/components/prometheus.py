@@ -14,7 +14,7 @@ from __future__ import annotations
 import httpx
 import yaml
 
-from fledge.core.state import write_atomic
+from fledge.core.state import write_if_changed
 from fledge.stack.components.base import Component, StackContext
 from fledge.stack.errors import StackError
 from fledge.stack.health import http_ok
@@ -56,7 +56,7 @@ class Prometheus(Component):
         path = ctx.layout.prometheus_config
         content = "# Written by fledge.stack at every `up`: edits here are overwritten.\n" + yaml.safe_dump(
             config(ctx), sort_keys=False)
-        self.config_changed = _write_if_changed(path, content)
+        self.config_changed = write_if_changed(path, content)
         self.config_changed |= install_alert_rules(ctx.layout.rules, render_alert_rules())
 
     def spec(self, ctx: StackContext) -> LaunchSpec:
@@ -79,18 +79,11 @@ class Prometheus(Component):
                    ctx.layout.log(self.name))
 
 
-def _write_if_changed(path, content: str) -> bool:
-    if path.is_file() and path.read_text() == content:
-        return False
-    write_atomic(path, content)
-    return True
-
-
 def install_alert_rules(rules_dir, content: str) -> bool:
     """Install a rendering of the serving alerts (serving.monitoring.rules) as the stack's alert
     rules; True when the file changed (Prometheus needs a reload to see it)."""
     rules_dir.mkdir(parents=True, exist_ok=True)
-    return _write_if_changed(rules_dir / ALERT_RULES_FILE, content)
+    return write_if_changed(rules_dir / ALERT_RULES_FILE, content)
 
 
 def reload(prometheus_url: str, what: str, log) -> None:
